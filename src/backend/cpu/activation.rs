@@ -1,0 +1,75 @@
+//! Elementwise activations and the residual add.
+
+use rayon::prelude::*;
+
+use super::{CHUNK, Real};
+
+/// √(2/π), for the tanh approximation of GELU.
+const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
+const GELU_CUBIC: f64 = 0.044715;
+
+fn map<F: Real>(out: &mut [F], inp: &[F], f: impl Fn(F) -> F + Sync) {
+    assert_eq!(out.len(), inp.len(), "elementwise operand sizes");
+    out.par_chunks_mut(CHUNK)
+        .zip(inp.par_chunks(CHUNK))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+}
+
+/// `dinp = dout · f'(inp)`.
+fn map_backward<F: Real>(dinp: &mut [F], dout: &[F], inp: &[F], df: impl Fn(F) -> F + Sync) {
+    assert!(
+        dinp.len() == dout.len() && dinp.len() == inp.len(),
+        "elementwise operand sizes"
+    );
+    dinp.par_chunks_mut(CHUNK)
+        .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
+        .for_each(|(dx, (dy, x))| {
+            for i in 0..dx.len() {
+                dx[i] = dy[i] * df(x[i]);
+            }
+        });
+}
+
+pub(super) fn gelu_forward<F: Real>(out: &mut [F], inp: &[F]) {
+    let (s, k) = (F::of(GELU_SCALE), F::of(GELU_CUBIC));
+    let half = F::of(0.5);
+    map(out, inp, |x| {
+        half * x * (F::one() + (s * (x + k * x * x * x)).tanh())
+    });
+}
+
+pub(super) fn gelu_backward<F: Real>(dinp: &mut [F], dout: &[F], inp: &[F]) {
+    let (s, k) = (F::of(GELU_SCALE), F::of(GELU_CUBIC));
+    let (half, three) = (F::of(0.5), F::of(3.0));
+    map_backward(dinp, dout, inp, |x| {
+        let tanh = (s * (x + k * x * x * x)).tanh();
+        let sech2 = F::one() - tanh * tanh;
+        half * (F::one() + tanh) + half * x * sech2 * s * (F::one() + three * k * x * x)
+    });
+}
+
+pub(super) fn relu2_forward<F: Real>(out: &mut [F], inp: &[F]) {
+    map(out, inp, |x| {
+        let r = x.max(F::zero());
+        r * r
+    });
+}
+
+pub(super) fn relu2_backward<F: Real>(dinp: &mut [F], dout: &[F], inp: &[F]) {
+    let two = F::of(2.0);
+    map_backward(dinp, dout, inp, |x| two * x.max(F::zero()));
+}
+
+pub(super) fn add<F: Real>(out: &mut [F], a: &[F], b: &[F]) {
+    assert!(
+        out.len() == a.len() && out.len() == b.len(),
+        "add operand sizes"
+    );
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for i in 0..y.len() {
+                y[i] = a[i] + b[i];
+            }
+        });
+}

@@ -1,0 +1,571 @@
+//! The CPU reference backend.
+//!
+//! Every operation is a plain function over slices (one file per concern, like the CUDA kernels
+//! in kernels/), run on all cores with rayon; matrix products go through the `gemm` crate.
+//! The backend is generic over the float type: `CpuBackend<f32>` is what `--device cpu` trains
+//! with, and `CpuBackend<f64>` runs the very same code as a high-precision oracle in tests.
+//!
+//! Every parallel reduction sums fixed-size blocks and adds the block results in order, so
+//! results do not depend on the number of threads or on scheduling: a run is bitwise
+//! reproducible, which is what lets a resumed run follow the uninterrupted one exactly.
+
+mod activation;
+mod attention;
+mod embedding;
+mod loss;
+mod matmul;
+mod norm;
+mod optim;
+mod views;
+
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+use anyhow::{Result, ensure};
+
+use super::{AdamStep, AttentionShape, Backend, BufferKind, Gemm, Tensor, TokenTensor};
+use views::Views;
+
+/// Elements per task of the elementwise and reduction loops: large enough to amortise
+/// scheduling, small enough to spread over many cores. Fixed, so that reductions are
+/// deterministic.
+const CHUNK: usize = 1 << 14;
+
+/// The float types the reference backend computes in.
+pub trait Real:
+    num_traits::Float
+    + Send
+    + Sync
+    + Sum
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Debug
+    + Default
+    + 'static
+{
+    fn of(x: f64) -> Self;
+    fn f32(self) -> f32;
+    fn f64(self) -> f64;
+    const NAME: &'static str;
+}
+
+impl Real for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f32(self) -> f32 {
+        self
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    const NAME: &'static str = "f32";
+}
+
+impl Real for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f32(self) -> f32 {
+        self as f32
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+    const NAME: &'static str = "f64";
+}
+
+/// The CPU backend: buffers are plain vectors, [`Tensor`]s index into them.
+#[derive(Default)]
+pub struct CpuBackend<F: Real = f32> {
+    floats: Vec<Vec<F>>,
+    tokens: Vec<Vec<u32>>,
+}
+
+impl<F: Real> CpuBackend<F> {
+    pub fn new() -> Self {
+        CpuBackend {
+            floats: Vec::new(),
+            tokens: Vec::new(),
+        }
+    }
+
+    fn views(&mut self) -> Views<'_, F> {
+        Views::new(&mut self.floats)
+    }
+}
+
+/// Peak resident set size of this process, from /proc (0 where that is unavailable).
+fn peak_rss_bytes() -> u64 {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return 0;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+impl<F: Real> Backend for CpuBackend<F> {
+    fn describe(&self) -> String {
+        format!(
+            "cpu ({}, {} threads)",
+            F::NAME,
+            rayon::current_num_threads()
+        )
+    }
+
+    fn alloc(&mut self, len: usize, _kind: BufferKind) -> Result<Tensor> {
+        self.floats.push(vec![F::zero(); len]);
+        Ok(Tensor {
+            buffer: self.floats.len() - 1,
+            offset: 0,
+            len,
+        })
+    }
+
+    fn alloc_tokens(&mut self, len: usize) -> Result<TokenTensor> {
+        self.tokens.push(vec![0; len]);
+        Ok(TokenTensor {
+            buffer: self.tokens.len() - 1,
+            len,
+        })
+    }
+
+    fn write(&mut self, dst: Tensor, src: &[f32]) -> Result<()> {
+        ensure!(
+            src.len() == dst.len,
+            "write of {} values into a tensor of {}",
+            src.len(),
+            dst.len
+        );
+        let dst = self.views().mutable(dst);
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, &s)| *d = F::of(s as f64));
+        Ok(())
+    }
+
+    fn read(&mut self, src: Tensor) -> Result<Vec<f32>> {
+        Ok(self.views().shared(src).iter().map(|x| x.f32()).collect())
+    }
+
+    fn write_tokens(&mut self, dst: TokenTensor, src: &[u32]) -> Result<()> {
+        ensure!(
+            src.len() == dst.len,
+            "write of {} tokens into a buffer of {}",
+            src.len(),
+            dst.len
+        );
+        self.tokens[dst.buffer][..dst.len].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn fill(&mut self, dst: Tensor, value: f32) -> Result<()> {
+        optim::fill(self.views().mutable(dst), F::of(value as f64));
+        Ok(())
+    }
+
+    fn copy(&mut self, dst: Tensor, src: Tensor) -> Result<()> {
+        let mut v = self.views();
+        let (dst, src) = (v.mutable(dst), v.shared(src));
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn peak_memory_bytes(&self) -> u64 {
+        peak_rss_bytes()
+    }
+
+    fn embedding_forward(
+        &mut self,
+        out: Tensor,
+        tokens: TokenTensor,
+        table: Tensor,
+        positions: Option<Tensor>,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let tokens = &self.tokens[tokens.buffer][..tokens.len];
+        let mut v = Views::new(&mut self.floats);
+        let out = v.mutable(out);
+        let table = v.shared(table);
+        let positions = positions.map(|p| v.shared(p));
+        embedding::forward(out, tokens, table, positions, seq_len, channels);
+        Ok(())
+    }
+
+    fn embedding_backward(
+        &mut self,
+        dtable: Tensor,
+        dpositions: Option<Tensor>,
+        dout: Tensor,
+        tokens: TokenTensor,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let tokens = &self.tokens[tokens.buffer][..tokens.len];
+        let mut v = Views::new(&mut self.floats);
+        let dtable = v.mutable(dtable);
+        let dpositions = dpositions.map(|p| v.mutable(p));
+        let dout = v.shared(dout);
+        embedding::backward(dtable, dpositions, dout, tokens, seq_len, channels);
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        norm::layernorm_forward(
+            v.mutable(out),
+            v.mutable(mean),
+            v.mutable(rstd),
+            v.shared(inp),
+            v.shared(weight),
+            v.shared(bias),
+            channels,
+        );
+        Ok(())
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dweight: Tensor,
+        dbias: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        norm::layernorm_backward(
+            v.mutable(dinp),
+            v.mutable(dweight),
+            v.mutable(dbias),
+            v.shared(dout),
+            v.shared(inp),
+            v.shared(weight),
+            v.shared(mean),
+            v.shared(rstd),
+            channels,
+        );
+        Ok(())
+    }
+
+    fn rmsnorm_forward(
+        &mut self,
+        out: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        norm::rmsnorm_forward(v.mutable(out), v.mutable(rstd), v.shared(inp), channels);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        rstd: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        norm::rmsnorm_backward(
+            v.mutable(dinp),
+            v.shared(dout),
+            v.shared(inp),
+            v.shared(rstd),
+            channels,
+        );
+        Ok(())
+    }
+
+    fn qk_norm_forward(
+        &mut self,
+        out: Tensor,
+        rstd: Tensor,
+        qkv: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        norm::qk_norm_forward(
+            v.mutable(out),
+            v.mutable(rstd),
+            v.shared(qkv),
+            heads,
+            channels,
+        );
+        Ok(())
+    }
+
+    fn qk_norm_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        rstd: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        norm::qk_norm_backward(
+            v.mutable(dqkv),
+            v.shared(dout),
+            v.shared(qkv),
+            v.shared(rstd),
+            heads,
+            channels,
+        );
+        Ok(())
+    }
+
+    fn rope_forward(&mut self, qkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()> {
+        let mut v = self.views();
+        attention::rope(v.mutable(qkv), v.shared(table), shape, false);
+        Ok(())
+    }
+
+    fn rope_backward(&mut self, dqkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()> {
+        let mut v = self.views();
+        attention::rope(v.mutable(dqkv), v.shared(table), shape, true);
+        Ok(())
+    }
+
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        let out = v.mutable(out);
+        let (inp, weight) = (v.shared(inp), v.shared(weight));
+        let bias = bias.map(|b| v.shared(b));
+        matmul::forward(out, inp, weight, bias, rows, in_dim, out_dim);
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dweight: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        let (dinp, dweight) = (v.mutable(dinp), v.mutable(dweight));
+        let dbias = dbias.map(|b| v.mutable(b));
+        let (dout, inp, weight) = (v.shared(dout), v.shared(inp), v.shared(weight));
+        matmul::backward(
+            dinp, dweight, dbias, dout, inp, weight, rows, in_dim, out_dim,
+        );
+        Ok(())
+    }
+
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        let mut v = self.views();
+        attention::forward(v.mutable(out), v.mutable(lse), v.shared(qkv), shape);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        let mut v = self.views();
+        attention::backward(
+            v.mutable(dqkv),
+            v.shared(dout),
+            v.shared(qkv),
+            v.shared(out),
+            v.shared(lse),
+            shape,
+        );
+        Ok(())
+    }
+
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        let mut v = self.views();
+        activation::gelu_forward(v.mutable(out), v.shared(inp));
+        Ok(())
+    }
+
+    fn gelu_backward(&mut self, dinp: Tensor, dout: Tensor, inp: Tensor) -> Result<()> {
+        let mut v = self.views();
+        activation::gelu_backward(v.mutable(dinp), v.shared(dout), v.shared(inp));
+        Ok(())
+    }
+
+    fn relu2_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        let mut v = self.views();
+        activation::relu2_forward(v.mutable(out), v.shared(inp));
+        Ok(())
+    }
+
+    fn relu2_backward(&mut self, dinp: Tensor, dout: Tensor, inp: Tensor) -> Result<()> {
+        let mut v = self.views();
+        activation::relu2_backward(v.mutable(dinp), v.shared(dout), v.shared(inp));
+        Ok(())
+    }
+
+    fn add(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()> {
+        let mut v = self.views();
+        activation::add(v.mutable(out), v.shared(a), v.shared(b));
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        logits: Tensor,
+        losses: Tensor,
+        targets: TokenTensor,
+        vocab: usize,
+        padded_vocab: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f32>,
+    ) -> Result<()> {
+        let targets = &self.tokens[targets.buffer][..targets.len];
+        let mut v = Views::new(&mut self.floats);
+        loss::softmax_cross_entropy(
+            v.mutable(logits),
+            v.mutable(losses),
+            targets,
+            vocab,
+            padded_vocab,
+            softcap.map(|c| F::of(c as f64)),
+            grad_scale.map(|s| F::of(s as f64)),
+        );
+        Ok(())
+    }
+
+    fn sum(&mut self, t: Tensor) -> Result<f64> {
+        Ok(optim::sum(self.views().shared(t), |x| x))
+    }
+
+    fn sum_squares(&mut self, t: Tensor) -> Result<f64> {
+        Ok(optim::sum(self.views().shared(t), |x| x * x))
+    }
+
+    fn scale(&mut self, t: Tensor, factor: f32) -> Result<()> {
+        optim::scale(self.views().mutable(t), F::of(factor as f64));
+        Ok(())
+    }
+
+    fn adamw_update(
+        &mut self,
+        param: Tensor,
+        grad: Tensor,
+        m: Tensor,
+        v: Tensor,
+        hp: AdamStep,
+    ) -> Result<()> {
+        let mut views = self.views();
+        optim::adamw(
+            views.mutable(param),
+            views.shared(grad),
+            views.mutable(m),
+            views.mutable(v),
+            hp,
+        );
+        Ok(())
+    }
+
+    fn muon_momentum(
+        &mut self,
+        update: Tensor,
+        momentum: Tensor,
+        grad: Tensor,
+        beta: f32,
+        nesterov: bool,
+    ) -> Result<()> {
+        let mut v = self.views();
+        optim::muon_momentum(
+            v.mutable(update),
+            v.mutable(momentum),
+            v.shared(grad),
+            F::of(beta as f64),
+            nesterov,
+        );
+        Ok(())
+    }
+
+    fn apply_update(
+        &mut self,
+        param: Tensor,
+        update: Tensor,
+        step_size: f32,
+        decay: f32,
+    ) -> Result<()> {
+        let mut v = self.views();
+        optim::apply_update(
+            v.mutable(param),
+            v.shared(update),
+            F::of(step_size as f64),
+            F::of(decay as f64),
+        );
+        Ok(())
+    }
+
+    fn normalize_frobenius(&mut self, x: Tensor, batch: usize, eps: f32) -> Result<()> {
+        optim::normalize_frobenius(self.views().mutable(x), batch, F::of(eps as f64));
+        Ok(())
+    }
+
+    fn gemm(&mut self, out: Tensor, a: Tensor, b: Tensor, shape: Gemm) -> Result<()> {
+        let mut v = self.views();
+        matmul::batched(v.mutable(out), v.shared(a), v.shared(b), shape);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

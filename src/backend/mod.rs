@@ -1,0 +1,348 @@
+//! The compute interface that the model and the optimizers are written against.
+//!
+//! A backend owns all memory. Callers hold [`Tensor`]s: plain views (buffer, offset, length)
+//! into buffers the backend allocated, so that parameters, gradients and activations can each
+//! live in one flat allocation and every named tensor is a view into it (as in llm.c).
+//! Shapes are passed explicitly to each operation; all matrices are row-major.
+//!
+//! Conventions, shared by every backend:
+//! - parameter gradients are always *accumulated* (`+=`), so that gradient accumulation over
+//!   micro-batches needs no extra buffers; the caller zeroes them once per optimizer step;
+//! - input gradients are *overwritten*, except where a method says it adds (the norms, whose
+//!   input is the residual stream that already carries the gradient of the skip connection);
+//! - an output tensor never overlaps an input tensor of the same call unless the method says
+//!   it works in place.
+
+pub mod cpu;
+
+use anyhow::Result;
+
+/// A view of `len` consecutive `f32`-valued elements of one backend buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    pub buffer: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl Tensor {
+    /// The sub-view of `len` elements starting `start` elements into this one.
+    pub fn slice(self, start: usize, len: usize) -> Tensor {
+        assert!(
+            start + len <= self.len,
+            "slice {start}+{len} out of a tensor of {}",
+            self.len
+        );
+        Tensor {
+            buffer: self.buffer,
+            offset: self.offset + start,
+            len,
+        }
+    }
+
+    /// Part `index` of `count` equal parts, e.g. layer `l` of a tensor stacked over layers.
+    pub fn chunk(self, index: usize, count: usize) -> Tensor {
+        assert!(
+            count > 0 && self.len.is_multiple_of(count) && index < count,
+            "chunk {index} of {count} of a tensor of {}",
+            self.len
+        );
+        let len = self.len / count;
+        self.slice(index * len, len)
+    }
+}
+
+/// A view of a buffer of token ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenTensor {
+    pub buffer: usize,
+    pub len: usize,
+}
+
+/// What a buffer holds; a backend may choose its storage precision by it (the CUDA backend keeps
+/// fp32 master weights and optimizer state but bf16 activations).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BufferKind {
+    Parameters,
+    Gradients,
+    Activations,
+    ActivationGradients,
+    OptimizerState,
+    /// Tables computed once on the host (rotary cos/sin).
+    Constants,
+    /// Work space that carries nothing from one call to the next.
+    Scratch,
+}
+
+/// Shape of a (batched) matrix product `out[i] = alpha·op(a[i])·op(b[i]) + beta·out[i]`
+/// where `op(a)` is `m×k`, `op(b)` is `k×n` and `out[i]` is `m×n`, all row-major and packed
+/// back to back `batch` times.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// `a` is stored `k×m` and used transposed.
+    pub transpose_a: bool,
+    /// `b` is stored `n×k` and used transposed.
+    pub transpose_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// Hyper-parameters of one Adam(W) update (PyTorch semantics, decoupled weight decay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step count, for bias correction.
+    pub step: u32,
+}
+
+/// Attention shape: `batch` sequences of `seq_len` tokens, `heads` heads of `channels/heads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub heads: usize,
+    pub channels: usize,
+}
+
+impl AttentionShape {
+    pub fn head_dim(&self) -> usize {
+        self.channels / self.heads
+    }
+    pub fn rows(&self) -> usize {
+        self.batch * self.seq_len
+    }
+}
+
+/// Every operation the model and the optimizers need. Shapes are in elements: `rows` is the
+/// number of token positions (batch × sequence length), `channels` the width of a row.
+pub trait Backend {
+    /// One line naming the device and its precision, for logs and records.
+    fn describe(&self) -> String;
+
+    // ---- memory ----
+
+    /// A new zero-filled buffer of `len` elements.
+    fn alloc(&mut self, len: usize, kind: BufferKind) -> Result<Tensor>;
+    /// A new buffer of `len` token ids (all zero).
+    fn alloc_tokens(&mut self, len: usize) -> Result<TokenTensor>;
+    fn write(&mut self, dst: Tensor, src: &[f32]) -> Result<()>;
+    fn read(&mut self, src: Tensor) -> Result<Vec<f32>>;
+    fn write_tokens(&mut self, dst: TokenTensor, src: &[u32]) -> Result<()>;
+    fn fill(&mut self, dst: Tensor, value: f32) -> Result<()>;
+    fn copy(&mut self, dst: Tensor, src: Tensor) -> Result<()>;
+    /// Waits until all queued work is done (for timing) and reports any deferred error.
+    fn synchronize(&mut self) -> Result<()>;
+    /// Peak memory used so far, in bytes (device memory, or the process's peak RSS on CPU).
+    fn peak_memory_bytes(&self) -> u64;
+
+    // ---- layers, forward and backward ----
+
+    /// `out[b,t,:] = table[tokens[b,t],:] (+ positions[t,:])`; `out` is (batch·seq_len, channels).
+    fn embedding_forward(
+        &mut self,
+        out: Tensor,
+        tokens: TokenTensor,
+        table: Tensor,
+        positions: Option<Tensor>,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<()>;
+    /// Accumulates `dout` rows into the rows of `dtable` (and `dpositions`) they were read from.
+    fn embedding_backward(
+        &mut self,
+        dtable: Tensor,
+        dpositions: Option<Tensor>,
+        dout: Tensor,
+        tokens: TokenTensor,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<()>;
+
+    /// LayerNorm over each row with weight and bias, saving per-row mean and 1/std (eps 1e-5).
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        channels: usize,
+    ) -> Result<()>;
+    /// Adds the input gradient to `dinp`; accumulates `dweight`, `dbias`.
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dweight: Tensor,
+        dbias: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        channels: usize,
+    ) -> Result<()>;
+
+    /// RMSNorm without weights over each row of `channels` (eps 1e-6), saving 1/rms per row.
+    fn rmsnorm_forward(
+        &mut self,
+        out: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        channels: usize,
+    ) -> Result<()>;
+    /// Adds the input gradient to `dinp`.
+    fn rmsnorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        rstd: Tensor,
+        channels: usize,
+    ) -> Result<()>;
+
+    /// QK-norm: `out` is `qkv` (rows, 3·channels) with every head of q and of k RMS-normalised
+    /// (no weights, eps 1e-6) and v copied; `rstd` (rows, 2·heads) saves 1/rms of each q and k head.
+    fn qk_norm_forward(
+        &mut self,
+        out: Tensor,
+        rstd: Tensor,
+        qkv: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()>;
+    /// Overwrites `dqkv` (the v part is `dout`'s v part).
+    fn qk_norm_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        rstd: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()>;
+
+    /// Rotary embedding, in place, on the q and k parts of `qkv` (batch·seq_len, 3·channels).
+    /// Dimension `i` of a head pairs with `i + head_dim/2` and turns by angle `t·θ_i`; `table`
+    /// holds cos then sin, each (max_seq_len, head_dim/2).
+    fn rope_forward(&mut self, qkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()>;
+    /// The inverse rotation, in place on the gradient.
+    fn rope_backward(&mut self, dqkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()>;
+
+    /// `out = inp·weightᵀ (+ bias)`: `inp` (rows, in_dim), `weight` (out_dim, in_dim).
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<()>;
+    /// Overwrites `dinp`; accumulates `dweight` and `dbias`.
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dweight: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<()>;
+
+    /// Causal self-attention with scale 1/√head_dim over `qkv` (rows, 3·channels: q | k | v, each
+    /// split into heads). Writes `out` (rows, channels) and the log-sum-exp of every score row
+    /// into `lse` (batch, heads, seq_len), from which the backward pass recomputes probabilities.
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        shape: AttentionShape,
+    ) -> Result<()>;
+    /// Overwrites `dqkv`.
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        shape: AttentionShape,
+    ) -> Result<()>;
+
+    /// GELU, tanh approximation.
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()>;
+    fn gelu_backward(&mut self, dinp: Tensor, dout: Tensor, inp: Tensor) -> Result<()>;
+    /// `relu(x)²`.
+    fn relu2_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()>;
+    fn relu2_backward(&mut self, dinp: Tensor, dout: Tensor, inp: Tensor) -> Result<()>;
+    /// `out = a + b`.
+    fn add(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()>;
+
+    /// Softmax cross-entropy over the first `vocab` of `padded_vocab` logits per row, after an
+    /// optional soft-cap `cap·tanh(z/cap)`; writes each row's loss into `losses`. With
+    /// `grad_scale = Some(s)` it overwrites `logits` in place with `s·∂loss/∂logits` (zero in the
+    /// padding), so the probabilities are never stored.
+    fn softmax_cross_entropy(
+        &mut self,
+        logits: Tensor,
+        losses: Tensor,
+        targets: TokenTensor,
+        vocab: usize,
+        padded_vocab: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f32>,
+    ) -> Result<()>;
+
+    // ---- reductions and elementwise helpers ----
+
+    fn sum(&mut self, t: Tensor) -> Result<f64>;
+    fn sum_squares(&mut self, t: Tensor) -> Result<f64>;
+    fn scale(&mut self, t: Tensor, factor: f32) -> Result<()>;
+
+    // ---- optimizer updates ----
+
+    /// One AdamW step over a flat range: `m`, `v` are its moment buffers.
+    fn adamw_update(
+        &mut self,
+        param: Tensor,
+        grad: Tensor,
+        m: Tensor,
+        v: Tensor,
+        hp: AdamStep,
+    ) -> Result<()>;
+    /// Muon momentum: `m ← β·m + (1−β)·g`; `update ← (1−β)·g + β·m` with Nesterov, else `m`.
+    fn muon_momentum(
+        &mut self,
+        update: Tensor,
+        momentum: Tensor,
+        grad: Tensor,
+        beta: f32,
+        nesterov: bool,
+    ) -> Result<()>;
+    /// `param ← param·(1 − decay) − step_size·update`.
+    fn apply_update(
+        &mut self,
+        param: Tensor,
+        update: Tensor,
+        step_size: f32,
+        decay: f32,
+    ) -> Result<()>;
+    /// Divides each of the `batch` equal parts of `x` by its Frobenius norm plus `eps`.
+    fn normalize_frobenius(&mut self, x: Tensor, batch: usize, eps: f32) -> Result<()>;
+    /// Batched matrix product, see [`Gemm`].
+    fn gemm(&mut self, out: Tensor, a: Tensor, b: Tensor, shape: Gemm) -> Result<()>;
+}

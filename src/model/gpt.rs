@@ -1,0 +1,544 @@
+//! The GPT model: forward and backward written once against the [`Backend`] interface, one
+//! backend call per layer operation, llm.c style. Backward reads like forward, reversed.
+
+use anyhow::{Result, ensure};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use super::config::{Arch, ModelConfig};
+use super::params::{Init, ParamSpec, ParamTensors, num_params, param_layout};
+use crate::backend::{AttentionShape, Backend, BufferKind, Tensor, TokenTensor};
+
+/// Saved activations of one micro-batch. Per-layer tensors are stacked over layers (L, …).
+/// N = batch·seq_len rows, C channels, H heads, V padded vocabulary.
+struct Activations {
+    encoded: Tensor,          // (N, C) token (+ position) embeddings
+    x0: Option<Tensor>,       // (N, C) speedrun: normalised embeddings, the input of layer 0
+    x0_rstd: Option<Tensor>,  // (N)
+    ln1: Tensor,              // (L, N, C)
+    ln1_mean: Option<Tensor>, // (L, N) gpt2
+    ln1_rstd: Tensor,         // (L, N)
+    qkv: Tensor,              // (L, N, 3C)
+    qkv_rot: Option<Tensor>,  // (L, N, 3C) speedrun: q, k normalised and rotated
+    qk_rstd: Option<Tensor>,  // (L, N, 2H)
+    atty: Tensor,             // (L, N, C)
+    att_lse: Tensor,          // (L, B, H, T)
+    attproj: Tensor,          // (L, N, C)
+    residual2: Tensor,        // (L, N, C)
+    ln2: Tensor,              // (L, N, C)
+    ln2_mean: Option<Tensor>, // (L, N) gpt2
+    ln2_rstd: Tensor,         // (L, N)
+    fch: Tensor,              // (L, N, 4C)
+    fch_act: Tensor,          // (L, N, 4C)
+    fcproj: Tensor,           // (L, N, C)
+    residual3: Tensor,        // (L, N, C)
+    lnf: Tensor,              // (N, C)
+    lnf_mean: Option<Tensor>, // (N) gpt2
+    lnf_rstd: Tensor,         // (N)
+    logits: Tensor,           // (N, V), overwritten by its gradient in training
+    losses: Tensor,           // (N)
+}
+
+/// Gradients of activations. Only the residual stream's gradient crosses layers; the others
+/// are scratch reused by every layer.
+struct ActivationGrads {
+    residual: Tensor,        // (N, C)
+    ln: Tensor,              // (N, C) gradient of a norm's output
+    atty: Tensor,            // (N, C)
+    qkv: Tensor,             // (N, 3C)
+    qkv_rot: Option<Tensor>, // (N, 3C) speedrun
+    fch: Tensor,             // (N, 4C)
+    fch_act: Tensor,         // (N, 4C)
+}
+
+/// Hands out consecutive views of one buffer.
+struct Arena {
+    base: Tensor,
+    next: usize,
+}
+
+impl Arena {
+    fn unbounded() -> Arena {
+        Arena {
+            base: Tensor {
+                buffer: 0,
+                offset: 0,
+                len: usize::MAX,
+            },
+            next: 0,
+        }
+    }
+
+    fn take(&mut self, len: usize) -> Tensor {
+        let t = self.base.slice(self.next, len);
+        self.next += len;
+        t
+    }
+
+    fn take_if(&mut self, present: bool, len: usize) -> Option<Tensor> {
+        present.then(|| self.take(len))
+    }
+}
+
+/// A forward pass for evaluation only, or for training: then the loss gradient, scaled by
+/// `loss_scale` (1 / tokens per optimizer step), is left in place for [`Gpt::backward`].
+#[derive(Clone, Copy, Debug)]
+pub enum Pass {
+    Eval,
+    Train { loss_scale: f32 },
+}
+
+/// A GPT with all its memory allocated on a backend for micro-batches of `batch × seq_len`.
+pub struct Gpt {
+    pub config: ModelConfig,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub params: ParamTensors,
+    pub grads: ParamTensors,
+    /// Parameter specs, in memory order; their tensors are views of `param_buffer`.
+    pub specs: Vec<ParamSpec>,
+    pub param_buffer: Tensor,
+    pub grad_buffer: Tensor,
+    acts: Activations,
+    act_grads: ActivationGrads,
+    inputs: TokenTensor,
+    targets: TokenTensor,
+    /// speedrun: cos then sin, each (max_seq_len, head_dim/2).
+    rope_table: Option<Tensor>,
+}
+
+impl Gpt {
+    pub fn new(
+        backend: &mut dyn Backend,
+        config: &ModelConfig,
+        batch: usize,
+        seq_len: usize,
+    ) -> Result<Gpt> {
+        config.validate()?;
+        ensure!(
+            batch > 0 && seq_len > 0,
+            "batch size and sequence length must be positive"
+        );
+        ensure!(
+            seq_len <= config.max_seq_len,
+            "sequence length {seq_len} exceeds the model's context of {}",
+            config.max_seq_len
+        );
+        let total = num_params(config);
+        let param_buffer = backend.alloc(total, BufferKind::Parameters)?;
+        let grad_buffer = backend.alloc(total, BufferKind::Gradients)?;
+        let layout = param_layout(config, param_buffer);
+        let grads = param_layout(config, grad_buffer).tensors;
+
+        let act_len = activations(config, batch, seq_len, &mut Arena::unbounded()).1;
+        let mut arena = Arena {
+            base: backend.alloc(act_len, BufferKind::Activations)?,
+            next: 0,
+        };
+        let acts = activations(config, batch, seq_len, &mut arena).0;
+        let grad_len = activation_grads(config, batch * seq_len, &mut Arena::unbounded()).1;
+        let mut arena = Arena {
+            base: backend.alloc(grad_len, BufferKind::ActivationGradients)?,
+            next: 0,
+        };
+        let act_grads = activation_grads(config, batch * seq_len, &mut arena).0;
+
+        let rope_table = match config.arch {
+            Arch::Gpt2 => None,
+            Arch::Speedrun => {
+                let table = rope_table(config);
+                let t = backend.alloc(table.len(), BufferKind::Constants)?;
+                backend.write(t, &table)?;
+                Some(t)
+            }
+        };
+        Ok(Gpt {
+            config: config.clone(),
+            batch,
+            seq_len,
+            params: layout.tensors,
+            grads,
+            specs: layout.specs,
+            param_buffer,
+            grad_buffer,
+            acts,
+            act_grads,
+            inputs: backend.alloc_tokens(batch * seq_len)?,
+            targets: backend.alloc_tokens(batch * seq_len)?,
+            rope_table,
+        })
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.param_buffer.len
+    }
+
+    /// Initialises every parameter as its spec says, from a seeded generator (deterministic).
+    pub fn init_params(&self, backend: &mut dyn Backend, seed: u64) -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for spec in &self.specs {
+            let n = spec.tensor.len;
+            let values: Vec<f32> = match spec.init {
+                Init::Normal { std } => {
+                    let normal = Normal::new(0.0, std)?;
+                    (0..n).map(|_| normal.sample(&mut rng)).collect()
+                }
+                Init::Uniform { bound } => {
+                    (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+                }
+                Init::Zeros => vec![0.0; n],
+                Init::Ones => vec![1.0; n],
+            };
+            backend.write(spec.tensor, &values)?;
+        }
+        Ok(())
+    }
+
+    pub fn zero_grads(&self, backend: &mut dyn Backend) -> Result<()> {
+        backend.fill(self.grad_buffer, 0.0)
+    }
+
+    fn rows(&self) -> usize {
+        self.batch * self.seq_len
+    }
+
+    fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            batch: self.batch,
+            seq_len: self.seq_len,
+            heads: self.config.heads,
+            channels: self.config.channels,
+        }
+    }
+
+    /// The residual stream entering layer `l`.
+    fn layer_input(&self, l: usize) -> Tensor {
+        let a = &self.acts;
+        match l {
+            0 => a.x0.unwrap_or(a.encoded),
+            _ => a.residual3.chunk(l - 1, self.config.layers),
+        }
+    }
+
+    /// The input of the final norm: the residual stream after the last layer.
+    fn final_residual(&self) -> Tensor {
+        let l = self.config.layers;
+        self.acts.residual3.chunk(l - 1, l)
+    }
+
+    /// Runs the model on one micro-batch and returns the mean loss over its tokens.
+    pub fn forward(
+        &self,
+        b: &mut dyn Backend,
+        inputs: &[u32],
+        targets: &[u32],
+        pass: Pass,
+    ) -> Result<f64> {
+        let (n, c, layers) = (self.rows(), self.config.channels, self.config.layers);
+        ensure!(
+            inputs.len() == n && targets.len() == n,
+            "a micro-batch of {} inputs and {} targets for a model built for {n}",
+            inputs.len(),
+            targets.len()
+        );
+        b.write_tokens(self.inputs, inputs)?;
+        b.write_tokens(self.targets, targets)?;
+        let (p, a) = (&self.params, &self.acts);
+
+        b.embedding_forward(a.encoded, self.inputs, p.wte, p.wpe, self.seq_len, c)?;
+        if let (Some(x0), Some(rstd)) = (a.x0, a.x0_rstd) {
+            b.rmsnorm_forward(x0, rstd, a.encoded, c)?;
+        }
+        for l in 0..layers {
+            let at = |t: Tensor| t.chunk(l, layers);
+            let x = self.layer_input(l);
+            // Attention block.
+            let (ln1w, ln1b, ln1_mean) = (p.ln1w.map(at), p.ln1b.map(at), a.ln1_mean.map(at));
+            norm_forward(b, at(a.ln1), ln1_mean, at(a.ln1_rstd), x, ln1w, ln1b, c)?;
+            b.matmul_forward(
+                at(a.qkv),
+                at(a.ln1),
+                at(p.qkvw),
+                p.qkvb.map(at),
+                n,
+                c,
+                3 * c,
+            )?;
+            let attention_input = match (a.qkv_rot, a.qk_rstd, self.rope_table) {
+                (Some(rot), Some(rstd), Some(table)) => {
+                    b.qk_norm_forward(at(rot), at(rstd), at(a.qkv), self.config.heads, c)?;
+                    b.rope_forward(at(rot), table, self.attention_shape())?;
+                    at(rot)
+                }
+                _ => at(a.qkv),
+            };
+            b.attention_forward(
+                at(a.atty),
+                at(a.att_lse),
+                attention_input,
+                self.attention_shape(),
+            )?;
+            let attprojb = p.attprojb.map(at);
+            b.matmul_forward(at(a.attproj), at(a.atty), at(p.attprojw), attprojb, n, c, c)?;
+            b.add(at(a.residual2), x, at(a.attproj))?;
+            // MLP block.
+            let (ln2w, ln2b, ln2_mean) = (p.ln2w.map(at), p.ln2b.map(at), a.ln2_mean.map(at));
+            let residual2 = at(a.residual2);
+            norm_forward(
+                b,
+                at(a.ln2),
+                ln2_mean,
+                at(a.ln2_rstd),
+                residual2,
+                ln2w,
+                ln2b,
+                c,
+            )?;
+            b.matmul_forward(at(a.fch), at(a.ln2), at(p.fcw), p.fcb.map(at), n, c, 4 * c)?;
+            match self.config.arch {
+                Arch::Gpt2 => b.gelu_forward(at(a.fch_act), at(a.fch))?,
+                Arch::Speedrun => b.relu2_forward(at(a.fch_act), at(a.fch))?,
+            }
+            let fcprojb = p.fcprojb.map(at);
+            b.matmul_forward(
+                at(a.fcproj),
+                at(a.fch_act),
+                at(p.fcprojw),
+                fcprojb,
+                n,
+                4 * c,
+                c,
+            )?;
+            b.add(at(a.residual3), at(a.residual2), at(a.fcproj))?;
+        }
+        let residual = self.final_residual();
+        norm_forward(
+            b, a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, c,
+        )?;
+        let vocab = self.config.padded_vocab;
+        b.matmul_forward(a.logits, a.lnf, p.head(), None, n, c, vocab)?;
+        let loss_scale = match pass {
+            Pass::Eval => None,
+            Pass::Train { loss_scale } => Some(loss_scale),
+        };
+        b.softmax_cross_entropy(
+            a.logits,
+            a.losses,
+            self.targets,
+            self.config.vocab,
+            vocab,
+            self.config.softcap,
+            loss_scale,
+        )?;
+        Ok(b.sum(a.losses)? / n as f64)
+    }
+
+    /// Accumulates the parameter gradients of the last `Pass::Train` forward into `grads`.
+    pub fn backward(&self, b: &mut dyn Backend) -> Result<()> {
+        let (n, c, layers) = (self.rows(), self.config.channels, self.config.layers);
+        let (p, g, a, d) = (&self.params, &self.grads, &self.acts, &self.act_grads);
+
+        // The loss gradient w.r.t. the logits is already in `logits`.
+        let vocab = self.config.padded_vocab;
+        b.matmul_backward(d.ln, g.head(), None, a.logits, a.lnf, p.head(), n, c, vocab)?;
+        b.fill(d.residual, 0.0)?;
+        let residual = self.final_residual();
+        let norm_f = (a.lnf_mean, a.lnf_rstd, p.lnfw, g.lnfw, g.lnfb, p.lnfb);
+        norm_backward(b, d.residual, d.ln, residual, norm_f, c)?;
+
+        for l in (0..layers).rev() {
+            let at = |t: Tensor| t.chunk(l, layers);
+            let x = self.layer_input(l);
+            // MLP block: its output's gradient is the residual gradient.
+            let fcprojb = g.fcprojb.map(at);
+            let fch_act = at(a.fch_act);
+            b.matmul_backward(
+                d.fch_act,
+                at(g.fcprojw),
+                fcprojb,
+                d.residual,
+                fch_act,
+                at(p.fcprojw),
+                n,
+                4 * c,
+                c,
+            )?;
+            match self.config.arch {
+                Arch::Gpt2 => b.gelu_backward(d.fch, d.fch_act, at(a.fch))?,
+                Arch::Speedrun => b.relu2_backward(d.fch, d.fch_act, at(a.fch))?,
+            }
+            let (fcw, fcb) = (at(g.fcw), g.fcb.map(at));
+            b.matmul_backward(d.ln, fcw, fcb, d.fch, at(a.ln2), at(p.fcw), n, c, 4 * c)?;
+            let norm2 = (
+                a.ln2_mean.map(at),
+                at(a.ln2_rstd),
+                p.ln2w.map(at),
+                g.ln2w.map(at),
+                g.ln2b.map(at),
+                p.ln2b.map(at),
+            );
+            norm_backward(b, d.residual, d.ln, at(a.residual2), norm2, c)?;
+            // Attention block.
+            let (attprojw, attprojb) = (at(g.attprojw), g.attprojb.map(at));
+            let atty = at(a.atty);
+            b.matmul_backward(
+                d.atty,
+                attprojw,
+                attprojb,
+                d.residual,
+                atty,
+                at(p.attprojw),
+                n,
+                c,
+                c,
+            )?;
+            let shape = self.attention_shape();
+            match (a.qkv_rot, a.qk_rstd, d.qkv_rot, self.rope_table) {
+                (Some(rot), Some(rstd), Some(drot), Some(table)) => {
+                    b.attention_backward(drot, d.atty, at(rot), atty, at(a.att_lse), shape)?;
+                    b.rope_backward(drot, table, shape)?;
+                    let heads = self.config.heads;
+                    b.qk_norm_backward(d.qkv, drot, at(a.qkv), at(rstd), heads, c)?;
+                }
+                _ => b.attention_backward(d.qkv, d.atty, at(a.qkv), atty, at(a.att_lse), shape)?,
+            }
+            let (qkvw, qkvb) = (at(g.qkvw), g.qkvb.map(at));
+            b.matmul_backward(d.ln, qkvw, qkvb, d.qkv, at(a.ln1), at(p.qkvw), n, c, 3 * c)?;
+            let norm1 = (
+                a.ln1_mean.map(at),
+                at(a.ln1_rstd),
+                p.ln1w.map(at),
+                g.ln1w.map(at),
+                g.ln1b.map(at),
+                p.ln1b.map(at),
+            );
+            norm_backward(b, d.residual, d.ln, x, norm1, c)?;
+        }
+
+        // Embeddings: the residual gradient reaches them directly (gpt2) or through the
+        // normalisation of the embeddings (speedrun).
+        let dencoded = match a.x0_rstd {
+            Some(rstd) => {
+                b.fill(d.ln, 0.0)?;
+                b.rmsnorm_backward(d.ln, d.residual, a.encoded, rstd, c)?;
+                d.ln
+            }
+            None => d.residual,
+        };
+        b.embedding_backward(g.wte, g.wpe, dencoded, self.inputs, self.seq_len, c)
+    }
+}
+
+/// LayerNorm where the model has its statistics and parameters (gpt2), else RMSNorm.
+fn norm_forward(
+    b: &mut dyn Backend,
+    out: Tensor,
+    mean: Option<Tensor>,
+    rstd: Tensor,
+    inp: Tensor,
+    weight: Option<Tensor>,
+    bias: Option<Tensor>,
+    c: usize,
+) -> Result<()> {
+    match (mean, weight, bias) {
+        (Some(mean), Some(weight), Some(bias)) => {
+            b.layernorm_forward(out, mean, rstd, inp, weight, bias, c)
+        }
+        _ => b.rmsnorm_forward(out, rstd, inp, c),
+    }
+}
+
+/// A norm's saved state for the backward pass: (mean, rstd, weight, dweight, dbias, bias).
+type NormState = (
+    Option<Tensor>,
+    Tensor,
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+    Option<Tensor>,
+);
+
+/// Adds the gradient through a norm into `dinp` (the residual stream's gradient).
+fn norm_backward(
+    b: &mut dyn Backend,
+    dinp: Tensor,
+    dout: Tensor,
+    inp: Tensor,
+    (mean, rstd, weight, dweight, dbias, bias): NormState,
+    c: usize,
+) -> Result<()> {
+    match (mean, weight, dweight, dbias, bias) {
+        (Some(mean), Some(weight), Some(dweight), Some(dbias), Some(_)) => {
+            b.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, c)
+        }
+        _ => b.rmsnorm_backward(dinp, dout, inp, rstd, c),
+    }
+}
+
+/// Lays out the saved activations; returns them and the number of elements used.
+fn activations(
+    config: &ModelConfig,
+    batch: usize,
+    seq_len: usize,
+    arena: &mut Arena,
+) -> (Activations, usize) {
+    let (l, c, h) = (config.layers, config.channels, config.heads);
+    let n = batch * seq_len;
+    let gpt2 = config.arch == Arch::Gpt2;
+    let speedrun = !gpt2;
+    let acts = Activations {
+        encoded: arena.take(n * c),
+        x0: arena.take_if(speedrun, n * c),
+        x0_rstd: arena.take_if(speedrun, n),
+        ln1: arena.take(l * n * c),
+        ln1_mean: arena.take_if(gpt2, l * n),
+        ln1_rstd: arena.take(l * n),
+        qkv: arena.take(l * n * 3 * c),
+        qkv_rot: arena.take_if(speedrun, l * n * 3 * c),
+        qk_rstd: arena.take_if(speedrun, l * n * 2 * h),
+        atty: arena.take(l * n * c),
+        att_lse: arena.take(l * batch * h * seq_len),
+        attproj: arena.take(l * n * c),
+        residual2: arena.take(l * n * c),
+        ln2: arena.take(l * n * c),
+        ln2_mean: arena.take_if(gpt2, l * n),
+        ln2_rstd: arena.take(l * n),
+        fch: arena.take(l * n * 4 * c),
+        fch_act: arena.take(l * n * 4 * c),
+        fcproj: arena.take(l * n * c),
+        residual3: arena.take(l * n * c),
+        lnf: arena.take(n * c),
+        lnf_mean: arena.take_if(gpt2, n),
+        lnf_rstd: arena.take(n),
+        logits: arena.take(n * config.padded_vocab),
+        losses: arena.take(n),
+    };
+    (acts, arena.next)
+}
+
+fn activation_grads(config: &ModelConfig, n: usize, arena: &mut Arena) -> (ActivationGrads, usize) {
+    let c = config.channels;
+    let grads = ActivationGrads {
+        residual: arena.take(n * c),
+        ln: arena.take(n * c),
+        atty: arena.take(n * c),
+        qkv: arena.take(n * 3 * c),
+        qkv_rot: arena.take_if(config.arch == Arch::Speedrun, n * 3 * c),
+        fch: arena.take(n * 4 * c),
+        fch_act: arena.take(n * 4 * c),
+    };
+    (grads, arena.next)
+}
+
+/// cos then sin of t·θ_i for t < max_seq_len and θ_i = base^(−i/(head_dim/2)), computed in f64.
+fn rope_table(config: &ModelConfig) -> Vec<f32> {
+    let half = config.head_dim() / 2;
+    let base = config.rope_base as f64;
+    let angles: Vec<f64> = (0..config.max_seq_len)
+        .flat_map(|t| (0..half).map(move |i| t as f64 * base.powf(-(i as f64) / half as f64)))
+        .collect();
+    let cos = angles.iter().map(|a| a.cos() as f32);
+    let sin = angles.iter().map(|a| a.sin() as f32);
+    cos.chain(sin).collect()
+}
