@@ -1,12 +1,17 @@
 //! speedrun: train GPT-2-class language models as fast as the hardware allows.
 //!
-//! The modules follow the pipeline: data → model → backend → optim → train → records.
+//! The modules follow the pipeline: data → model → backend → optim → train → records → cli.
 
 // Layer kernels take buffers and sizes explicitly, as in llm.c; bundling them into structs
 // would only hide what each kernel reads and writes.
 #![allow(clippy::too_many_arguments)]
 
+pub mod atomic;
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod model;
 pub mod optim;
+pub mod progress;
+pub mod records;
+pub mod train;

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use tempfile::NamedTempFile;
 
 // Tokens are viewed in place as native u16, which is only the on-disk
 // little-endian layout on little-endian hosts.
@@ -257,21 +256,12 @@ pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<(), DataError> {
     for (i, v) in [SHARD_MAGIC, SHARD_VERSION, count].into_iter().enumerate() {
         header[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = NamedTempFile::new_in(dir)
-        .map_err(|e| DataError::io(path, "create a temporary file next to", e))?;
-    let write = |f: &mut File| -> std::io::Result<()> {
+    // On error nothing partial stays: the temporary file is deleted.
+    crate::atomic::write_file(path, |f| {
         f.write_all(&header)?;
-        f.write_all(bytemuck::cast_slice(tokens))?;
-        f.sync_all()
-    };
-    write(tmp.as_file_mut()).map_err(|e| DataError::io(path, "write", e))?;
-    // On error the temporary file is dropped and deleted: nothing partial stays.
-    tmp.persist(path)
-        .map_err(|e| DataError::io(path, "rename the temporary file to", e.error))?;
+        f.write_all(bytemuck::cast_slice(tokens))
+    })
+    .map_err(|e| DataError::io(path, "write", e))?;
     Ok(())
 }
 

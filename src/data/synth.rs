@@ -432,20 +432,9 @@ fn refuse_stale_train_shards(dir: &Path, planned: &[String]) -> anyhow::Result<(
 
 /// Writes pretty JSON via a temporary file in the same directory, fsync, rename.
 fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let json = serde_json::to_vec_pretty(value)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file next to {}", path.display()))?;
-    tmp.write_all(&json)
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming the temporary file to {}", path.display()))?;
-    Ok(())
+    crate::atomic::write_file(path, |f| f.write_all(&json))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

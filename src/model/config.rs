@@ -20,6 +20,15 @@ pub enum Arch {
     Speedrun,
 }
 
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Speedrun => "speedrun",
+        })
+    }
+}
+
 /// Named sizes: d12 is GPT-2 small (124M), d24 medium, d36 large, d48 XL (1.5B).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

@@ -23,6 +23,15 @@ pub enum OptimizerKind {
     Muon,
 }
 
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Muon => "muon",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdamConfig {
     pub lr: f32,

@@ -1,0 +1,456 @@
+//! The command line: `speedrun [train] …`, `speedrun data synth …`, `speedrun records …`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use tracing::info;
+
+use crate::backend::Backend;
+use crate::backend::cpu::CpuBackend;
+use crate::data::{SynthConfig, write_synth_dataset};
+use crate::model::{Arch, ModelConfig, ModelOverrides, ModelSize};
+use crate::optim::{AdamConfig, MatrixOptimizer, OptimConfig, OptimizerKind};
+use crate::records;
+use crate::train::{RunOptions, Schedule, TrainConfig, train};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "speedrun",
+    version,
+    about = "Train GPT-2-class language models on token shards as fast as the hardware allows, \
+             and log how long each run takes to reach a target validation loss.",
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a command, `speedrun` trains: these are the flags of `speedrun train`.
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a model (the default command).
+    Train(Box<TrainArgs>),
+    /// Make or inspect training data.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Print the records log as a markdown table, oldest run first.
+    Records(RecordsArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum DataCommand {
+    /// Write train/val shards sampled from a random sparse Markov chain whose entropy rate (the
+    /// lowest loss any model can reach) is known exactly: for tests and CPU demos.
+    Synth(SynthArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Device {
+    /// The fastest device present (today: the CPU; the CUDA backend is not built yet).
+    Auto,
+    /// The CPU reference backend (f32, all cores).
+    Cpu,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Where to train.
+    #[arg(long, value_enum, default_value_t = Device::Auto, help_heading = "Run")]
+    device: Device,
+    /// CPU threads [default: all cores].
+    #[arg(long, help_heading = "Run")]
+    threads: Option<usize>,
+    /// Random seed of the initial weights.
+    #[arg(long, default_value_t = 0, help_heading = "Run")]
+    seed: u64,
+    /// Stop at the first validation loss at or below this (the speedrun's target is 3.28).
+    #[arg(long, help_heading = "Run")]
+    target_loss: Option<f64>,
+    /// Optimizer steps of the run; the learning-rate schedule spans them.
+    #[arg(long, default_value_t = 5100, help_heading = "Run")]
+    max_steps: usize,
+    /// Validate every this many steps, and at the end (0: only at the end).
+    #[arg(long, default_value_t = 125, help_heading = "Run")]
+    val_every: usize,
+    /// Directory of checkpoints (each run writes into <dir>/<run id>/).
+    #[arg(long, default_value = "checkpoints", help_heading = "Run")]
+    checkpoint_dir: PathBuf,
+    /// Save a checkpoint every this many steps and at the end (0: none). Not counted as
+    /// training time.
+    #[arg(long, default_value_t = 500, help_heading = "Run")]
+    checkpoint_every: usize,
+    /// Continue the run saved in this checkpoint; give the same flags as the original run.
+    #[arg(long, help_heading = "Run")]
+    resume: Option<PathBuf>,
+    /// The records log the finished run is appended to.
+    #[arg(long, default_value = "records/records.jsonl", help_heading = "Run")]
+    records: PathBuf,
+    /// Do not append a record.
+    #[arg(long, help_heading = "Run")]
+    no_record: bool,
+    /// Without a terminal, print a progress line every this many steps.
+    #[arg(long, default_value_t = 10, help_heading = "Run")]
+    log_every: usize,
+
+    /// Architecture.
+    #[arg(long, value_enum, default_value_t = Arch::Speedrun, help_heading = "Model")]
+    arch: Arch,
+    /// Size preset.
+    #[arg(long, value_enum, default_value_t = ModelSize::D12, help_heading = "Model")]
+    model: ModelSize,
+    /// Number of layers [default: the preset's].
+    #[arg(long, help_heading = "Model")]
+    layers: Option<usize>,
+    /// Model width (channels) [default: the preset's].
+    #[arg(long, help_heading = "Model")]
+    width: Option<usize>,
+    /// Attention heads; must divide the width [default: the preset's].
+    #[arg(long, help_heading = "Model")]
+    heads: Option<usize>,
+    /// Vocabulary size; tokens in the data must be below it [default: 50257, GPT-2's].
+    #[arg(long, help_heading = "Model")]
+    vocab: Option<usize>,
+    /// Longest sequence the model supports [default: 1024].
+    #[arg(long, help_heading = "Model")]
+    context: Option<usize>,
+    /// speedrun: logit soft-cap c in c·tanh(z/c); 0 turns it off [default: 15].
+    #[arg(long, help_heading = "Model")]
+    softcap: Option<f32>,
+    /// speedrun: rotary embedding base [default: 10000].
+    #[arg(long, help_heading = "Model")]
+    rope_base: Option<f32>,
+
+    /// Optimizer of the hidden matrices; embeddings, head and gains/biases always use Adam.
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Muon, help_heading = "Optimizer")]
+    optimizer: OptimizerKind,
+    /// Learning rate of the hidden matrices [default: muon 0.05; adamw 0.0018 (speedrun),
+    /// 6e-4 (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    lr: Option<f32>,
+    /// Decoupled weight decay of the hidden matrices [default: 0 (speedrun), 0.1 (gpt2 with
+    /// adamw)].
+    #[arg(long, help_heading = "Optimizer")]
+    weight_decay: Option<f32>,
+    /// Adam learning rate of the token (and position) embeddings [default: 0.6 (speedrun),
+    /// 6e-4 (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    embed_lr: Option<f32>,
+    /// Adam learning rate of the untied lm_head [default: 0.008 (speedrun)].
+    #[arg(long, help_heading = "Optimizer")]
+    head_lr: Option<f32>,
+    /// Adam learning rate of gains and biases [default: 0.04 (speedrun), 6e-4 (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    scalar_lr: Option<f32>,
+    /// Adam β1, for every Adam group [default: 0.8 (speedrun), 0.9 (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    adam_beta1: Option<f32>,
+    /// Adam β2, for every Adam group [default: 0.95].
+    #[arg(long, help_heading = "Optimizer")]
+    adam_beta2: Option<f32>,
+    /// Adam ε, for every Adam group [default: 1e-10 (speedrun), 1e-8 (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    adam_eps: Option<f32>,
+    /// Decoupled weight decay of the embedding and head groups [default: 0 (speedrun), 0.1
+    /// (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    embed_weight_decay: Option<f32>,
+    /// muon: momentum β [default: 0.95].
+    #[arg(long, help_heading = "Optimizer")]
+    momentum: Option<f32>,
+    /// muon: Nesterov momentum [default: true].
+    #[arg(long, action = ArgAction::Set, help_heading = "Optimizer")]
+    nesterov: Option<bool>,
+    /// muon: Newton–Schulz iterations [default: 5].
+    #[arg(long, help_heading = "Optimizer")]
+    ns_steps: Option<usize>,
+    /// muon: momentum at step 0, ramped linearly to --momentum [default: 0.85].
+    #[arg(long, help_heading = "Optimizer")]
+    momentum_warmup_start: Option<f32>,
+    /// muon: steps of the momentum ramp [default: 300].
+    #[arg(long, help_heading = "Optimizer")]
+    momentum_warmup_steps: Option<usize>,
+    /// Clip the global gradient norm to this; 0 turns clipping off [default: 0 (speedrun),
+    /// 1 (gpt2)].
+    #[arg(long, help_heading = "Optimizer")]
+    grad_clip: Option<f32>,
+
+    /// Linear learning-rate warm-up steps [default: 0 (speedrun); gpt2: 700 as llm.c, at most
+    /// a tenth of the run].
+    #[arg(long, help_heading = "Schedule")]
+    warmup_steps: Option<usize>,
+    /// Fraction of the run at the end over which learning rates decay linearly [default: 0.4
+    /// (speedrun), 1 (gpt2)].
+    #[arg(long, help_heading = "Schedule")]
+    cooldown_frac: Option<f32>,
+    /// Learning rate at the last step as a fraction of the peak [default: 0.1 (speedrun), 0
+    /// (gpt2)].
+    #[arg(long, help_heading = "Schedule")]
+    final_lr_frac: Option<f32>,
+
+    /// Tokens per optimizer step; must be a multiple of micro-batch × sequence length, the
+    /// quotient is the number of gradient accumulation steps.
+    #[arg(long, default_value_t = 524_288, help_heading = "Batch")]
+    batch_tokens: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 16, help_heading = "Batch")]
+    micro_batch: usize,
+    /// Tokens per sequence (at most the model's context).
+    #[arg(long, default_value_t = 1024, help_heading = "Batch")]
+    seq_len: usize,
+
+    /// Training shards (a glob of llm.c/FineWeb .bin files, read in name order).
+    #[arg(
+        long,
+        default_value = "data/fineweb10B/fineweb_train_*.bin",
+        help_heading = "Data"
+    )]
+    train_data: String,
+    /// Validation shards (a glob); the first --val-tokens tokens are used.
+    #[arg(
+        long,
+        default_value = "data/fineweb10B/fineweb_val_*.bin",
+        help_heading = "Data"
+    )]
+    val_data: String,
+    /// Validation tokens; a multiple of micro-batch × sequence length.
+    #[arg(long, default_value_t = 10_485_760, help_heading = "Data")]
+    val_tokens: usize,
+}
+
+#[derive(Args, Debug)]
+struct SynthArgs {
+    /// Output directory.
+    #[arg(long, default_value = "data/synth")]
+    out: PathBuf,
+    /// Number of states (= token ids 0..vocab).
+    #[arg(long, default_value_t = SynthConfig::default().vocab)]
+    vocab: usize,
+    /// Possible next tokens per token (≥ 3 for large vocabularies, so the chain mixes).
+    #[arg(long, default_value_t = SynthConfig::default().successors)]
+    successors: usize,
+    /// Training tokens.
+    #[arg(long, default_value_t = SynthConfig::default().train_tokens)]
+    train_tokens: usize,
+    /// Validation tokens.
+    #[arg(long, default_value_t = SynthConfig::default().val_tokens)]
+    val_tokens: usize,
+    /// Most tokens per shard file.
+    #[arg(long, default_value_t = SynthConfig::default().shard_tokens)]
+    shard_tokens: usize,
+    /// Seed of the chain and of the samples.
+    #[arg(long, default_value_t = SynthConfig::default().seed)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct RecordsArgs {
+    /// The records log.
+    #[arg(long, default_value = "records/records.jsonl")]
+    file: PathBuf,
+}
+
+/// The optimizer flags that only Muon has, with their names, for a clear error under AdamW.
+fn muon_only_flags(a: &TrainArgs) -> Vec<&'static str> {
+    [
+        ("--momentum", a.momentum.is_some()),
+        ("--nesterov", a.nesterov.is_some()),
+        ("--ns-steps", a.ns_steps.is_some()),
+        ("--momentum-warmup-start", a.momentum_warmup_start.is_some()),
+        ("--momentum-warmup-steps", a.momentum_warmup_steps.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect()
+}
+
+fn set<T: Copy>(target: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *target = v;
+    }
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        let overrides = ModelOverrides {
+            layers: self.layers,
+            channels: self.width,
+            heads: self.heads,
+            vocab: self.vocab,
+            max_seq_len: self.context,
+            softcap: self.softcap,
+            rope_base: self.rope_base,
+        };
+        let model = ModelConfig::new(self.arch, self.model, &overrides)?;
+
+        let mut optim = OptimConfig::defaults(self.arch, self.optimizer);
+        let adam_overrides = |adam: &mut AdamConfig| {
+            set(&mut adam.beta1, self.adam_beta1);
+            set(&mut adam.beta2, self.adam_beta2);
+            set(&mut adam.eps, self.adam_eps);
+        };
+        match &mut optim.matrix {
+            MatrixOptimizer::Muon(muon) => {
+                set(&mut muon.lr, self.lr);
+                set(&mut muon.weight_decay, self.weight_decay);
+                set(&mut muon.momentum, self.momentum);
+                set(&mut muon.nesterov, self.nesterov);
+                set(&mut muon.ns_steps, self.ns_steps);
+                set(&mut muon.momentum_warmup_start, self.momentum_warmup_start);
+                set(&mut muon.momentum_warmup_steps, self.momentum_warmup_steps);
+            }
+            MatrixOptimizer::Adamw(adam) => {
+                let muon_flags = muon_only_flags(self);
+                ensure!(
+                    muon_flags.is_empty(),
+                    "these flags apply only to --optimizer muon: {}",
+                    muon_flags.join(", ")
+                );
+                set(&mut adam.lr, self.lr);
+                set(&mut adam.weight_decay, self.weight_decay);
+                adam_overrides(adam);
+            }
+        }
+        for (adam, lr) in [
+            (&mut optim.embedding, self.embed_lr),
+            (&mut optim.head, self.head_lr),
+            (&mut optim.scalar, self.scalar_lr),
+        ] {
+            set(&mut adam.lr, lr);
+            adam_overrides(adam);
+        }
+        set(&mut optim.embedding.weight_decay, self.embed_weight_decay);
+        set(&mut optim.head.weight_decay, self.embed_weight_decay);
+
+        let (warmup, cooldown, final_frac, clip) = match self.arch {
+            Arch::Speedrun => (0, 0.4, 0.1, 0.0),
+            Arch::Gpt2 => (700.min(self.max_steps / 10), 1.0, 0.0, 1.0),
+        };
+        let schedule = Schedule {
+            warmup_steps: self.warmup_steps.unwrap_or(warmup),
+            cooldown_frac: self.cooldown_frac.unwrap_or(cooldown),
+            final_lr_frac: self.final_lr_frac.unwrap_or(final_frac),
+        };
+
+        let sequence_tokens = self.micro_batch * self.seq_len;
+        ensure!(
+            sequence_tokens > 0
+                && self.batch_tokens > 0
+                && self.batch_tokens.is_multiple_of(sequence_tokens),
+            "--batch-tokens {} is not a positive multiple of --micro-batch {} × --seq-len {} = {}",
+            self.batch_tokens,
+            self.micro_batch,
+            self.seq_len,
+            sequence_tokens
+        );
+        ensure!(
+            self.seq_len <= model.max_seq_len,
+            "--seq-len {} exceeds the model's context of {} (raise --context)",
+            self.seq_len,
+            model.max_seq_len
+        );
+        let config = TrainConfig {
+            model,
+            optim,
+            schedule,
+            micro_batch: self.micro_batch,
+            seq_len: self.seq_len,
+            grad_accum: self.batch_tokens / sequence_tokens,
+            train_data: self.train_data.clone(),
+            val_data: self.val_data.clone(),
+            val_tokens: self.val_tokens,
+            val_every: self.val_every,
+            max_steps: self.max_steps,
+            target_loss: self.target_loss,
+            grad_clip: self.grad_clip.unwrap_or(clip),
+            seed: self.seed,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn run(&self) -> Result<()> {
+        if let Some(threads) = self.threads {
+            ensure!(threads > 0, "--threads must be positive");
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build_global()
+                .context("cannot start the CPU thread pool")?;
+        }
+        let config = self.config()?;
+        let mut backend: Box<dyn Backend> = match self.device {
+            Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
+        };
+        let options = RunOptions {
+            checkpoint_dir: self.checkpoint_dir.clone(),
+            checkpoint_every: self.checkpoint_every,
+            resume: self.resume.clone(),
+            records: (!self.no_record).then(|| self.records.clone()),
+            log_every: self.log_every,
+        };
+        let record = train(backend.as_mut(), &config, &options)?;
+        info!(
+            "done: {} steps, {} tokens, final val loss {:.4}, {:.1} s of training, {:.0} tokens/s{}",
+            record.steps,
+            record.tokens,
+            record.final_val_loss,
+            record.train_seconds,
+            record.tokens_per_second,
+            match (record.target_loss, record.time_to_target) {
+                (Some(t), Some(s)) => format!(", target {t} reached in {s:.1} s"),
+                (Some(t), None) => format!(", target {t} not reached"),
+                _ => String::new(),
+            }
+        );
+        Ok(())
+    }
+}
+
+fn synth(args: &SynthArgs) -> Result<()> {
+    let config = SynthConfig {
+        vocab: args.vocab,
+        successors: args.successors,
+        train_tokens: args.train_tokens,
+        val_tokens: args.val_tokens,
+        shard_tokens: args.shard_tokens,
+        seed: args.seed,
+    };
+    let summary = write_synth_dataset(&args.out, &config)?;
+    info!(
+        "wrote {} train shard(s) and {} val shard(s) to {}",
+        summary.train_files.len(),
+        summary.val_files.len(),
+        args.out.display()
+    );
+    info!(
+        "entropy rate {:.6} nats/token: the lowest validation loss any model can reach \
+         (marginal entropy {:.6}); train with --vocab {}",
+        summary.entropy_rate, summary.marginal_entropy, args.vocab
+    );
+    Ok(())
+}
+
+fn print_records(args: &RecordsArgs) -> Result<()> {
+    let records = records::load(&args.file)?;
+    if records.is_empty() {
+        bail!("{} holds no records yet", args.file.display());
+    }
+    print!("{}", records::table(&records));
+    Ok(())
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => cli.train.run(),
+        Some(Command::Train(args)) => args.run(),
+        Some(Command::Data(DataCommand::Synth(args))) => synth(&args),
+        Some(Command::Records(args)) => print_records(&args),
+    }
+}

@@ -1,0 +1,193 @@
+//! Checkpoints: one safetensors file with every parameter (`param.<name>`, in its own shape),
+//! every optimizer state tensor (`optim.<group>.<state>`), and the run's state as JSON in the
+//! metadata (`speedrun`): configuration, step, data position, time and curve so far. Written to
+//! a temporary file and renamed into place, so a crash never leaves a partial checkpoint.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail, ensure};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+use super::TrainConfig;
+use crate::backend::{Backend, Tensor};
+use crate::data::LoaderPosition;
+use crate::model::Gpt;
+use crate::optim::Optimizer;
+use crate::records::EvalPoint;
+
+const METADATA_KEY: &str = "speedrun";
+const FORMAT_VERSION: u32 = 1;
+
+/// Everything about a run that is not a tensor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: u32,
+    pub run_id: String,
+    pub config: TrainConfig,
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Where the next training batch starts.
+    pub loader: LoaderPosition,
+    pub tokens: u64,
+    pub train_seconds: f64,
+    pub eval_curve: Vec<EvalPoint>,
+}
+
+impl RunState {
+    /// The state of a new run, with a fresh run id (UTC time and a random suffix).
+    pub fn new(config: &TrainConfig) -> RunState {
+        let now = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+        RunState {
+            format: FORMAT_VERSION,
+            run_id: format!("{now}-{:04x}", rand::random::<u16>()),
+            config: config.clone(),
+            step: 0,
+            loader: LoaderPosition::default(),
+            tokens: 0,
+            train_seconds: 0.0,
+            eval_curve: Vec::new(),
+        }
+    }
+}
+
+struct F32Tensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl View for F32Tensor {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(bytemuck::cast_slice(&self.data))
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Every tensor a checkpoint holds for this model and optimizer: (name, shape, tensor).
+fn tensors(model: &Gpt, optimizer: &Optimizer) -> Vec<(String, Vec<usize>, Tensor)> {
+    let params = model
+        .specs
+        .iter()
+        .map(|s| (format!("param.{}", s.name), s.shape.clone(), s.tensor));
+    let state = optimizer
+        .state()
+        .into_iter()
+        .map(|(name, t)| (format!("optim.{name}"), vec![t.len], t));
+    params.chain(state).collect()
+}
+
+/// The file name of the checkpoint of `run_id` after `step` steps, under `dir`.
+pub fn path_for(dir: &Path, run_id: &str, step: usize) -> PathBuf {
+    dir.join(run_id).join(format!("step_{step:06}.safetensors"))
+}
+
+pub fn save(
+    path: &Path,
+    backend: &mut dyn Backend,
+    model: &Gpt,
+    optimizer: &Optimizer,
+    state: &RunState,
+) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
+    }
+    let mut data = Vec::new();
+    for (name, shape, tensor) in tensors(model, optimizer) {
+        let values = backend.read(tensor)?;
+        data.push((
+            name,
+            F32Tensor {
+                shape,
+                data: values,
+            },
+        ));
+    }
+    let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(state)?)]);
+    // safetensors writes a sibling temporary file and renames it over `path`.
+    safetensors::serialize_to_file(data, Some(metadata), path)
+        .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync checkpoint {}", path.display()))
+}
+
+/// An opened checkpoint: its run state is read, its tensors are restored on demand.
+pub struct Checkpoint {
+    path: PathBuf,
+    mmap: Mmap,
+    pub state: RunState,
+}
+
+impl Checkpoint {
+    pub fn open(path: &Path) -> Result<Checkpoint> {
+        let file = File::open(path)
+            .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        // SAFETY: the file is only read; checkpoints are replaced by rename, never rewritten.
+        let mmap = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("cannot map checkpoint {}", path.display()))?;
+        let (_, metadata) = SafeTensors::read_metadata(&mmap)
+            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+        let Some(json) = metadata
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+        else {
+            bail!(
+                "{}: not a speedrun checkpoint (no '{METADATA_KEY}' metadata)",
+                path.display()
+            );
+        };
+        let state: RunState = serde_json::from_str(json)
+            .with_context(|| format!("{}: unreadable run state", path.display()))?;
+        ensure!(
+            state.format == FORMAT_VERSION,
+            "{}: checkpoint format {} (this build reads format {FORMAT_VERSION})",
+            path.display(),
+            state.format
+        );
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            mmap,
+            state,
+        })
+    }
+
+    /// Writes every parameter and optimizer state tensor back into the backend.
+    pub fn restore(
+        &self,
+        backend: &mut dyn Backend,
+        model: &Gpt,
+        optimizer: &Optimizer,
+    ) -> Result<()> {
+        let file = SafeTensors::deserialize(&self.mmap)
+            .with_context(|| format!("{}: corrupt safetensors data", self.path.display()))?;
+        for (name, shape, tensor) in tensors(model, optimizer) {
+            let view = file
+                .tensor(&name)
+                .with_context(|| format!("{}: no tensor '{name}'", self.path.display()))?;
+            ensure!(
+                view.dtype() == Dtype::F32 && view.shape() == shape.as_slice(),
+                "{}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
+                self.path.display(),
+                view.dtype(),
+                view.shape()
+            );
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            backend.write(tensor, &values)?;
+        }
+        Ok(())
+    }
+}

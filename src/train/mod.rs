@@ -1,0 +1,345 @@
+//! The training loop: batches with gradient accumulation, the optimizer step, validation,
+//! checkpoints and the run's record.
+
+pub mod checkpoint;
+pub mod schedule;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::info;
+
+use crate::backend::Backend;
+use crate::data::{TrainLoader, ValData, resolve_glob};
+use crate::model::{Gpt, ModelConfig, Pass};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::progress::Progress;
+use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
+use checkpoint::{Checkpoint, RunState};
+pub use schedule::Schedule;
+
+/// Everything that determines a run's trajectory. A resumed run must have the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: ModelConfig,
+    pub optim: OptimConfig,
+    pub schedule: Schedule,
+    /// Sequences per micro-batch.
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Glob of the training shards.
+    pub train_data: String,
+    /// Glob of the validation shards.
+    pub val_data: String,
+    pub val_tokens: usize,
+    /// Validate every this many steps (0: only at the end).
+    pub val_every: usize,
+    pub max_steps: usize,
+    /// Stop at the first validation loss at or below this.
+    pub target_loss: Option<f64>,
+    /// Clip the global gradient norm to this (0: no clipping).
+    pub grad_clip: f32,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn batch_tokens(&self) -> usize {
+        self.micro_batch * self.seq_len * self.grad_accum
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        self.schedule.validate()?;
+        ensure!(self.max_steps > 0, "--max-steps must be positive");
+        ensure!(
+            self.micro_batch > 0 && self.seq_len > 0 && self.grad_accum > 0,
+            "batch sizes must be positive"
+        );
+        ensure!(self.grad_clip >= 0.0, "--grad-clip must not be negative");
+        Ok(())
+    }
+}
+
+/// How a run reports and saves itself; none of it changes the trajectory.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub checkpoint_dir: PathBuf,
+    /// Save every this many steps and at the end (0: never).
+    pub checkpoint_every: usize,
+    pub resume: Option<PathBuf>,
+    /// Where the run's record is appended (None: nowhere).
+    pub records: Option<PathBuf>,
+    /// Without a terminal, log a progress line every this many steps.
+    pub log_every: usize,
+}
+
+/// The dotted paths where two JSON values differ, with both values.
+fn differences(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+            for key in keys {
+                let (va, vb) = (
+                    x.get(key).unwrap_or(&Value::Null),
+                    y.get(key).unwrap_or(&Value::Null),
+                );
+                differences(&format!("{path}.{key}"), va, vb, out);
+            }
+        }
+        _ if a != b => out.push(format!("{}: {a} in the checkpoint, {b} now", &path[1..])),
+        _ => {}
+    }
+}
+
+fn ensure_same_run(saved: &TrainConfig, current: &TrainConfig, path: &Path) -> Result<()> {
+    // Through JSON text, so that f32 settings print as written (0.05, not 0.0500000007).
+    let json = |c: &TrainConfig| -> Result<Value> {
+        Ok(serde_json::from_str(&serde_json::to_string(c)?)?)
+    };
+    let mut diffs = Vec::new();
+    differences("", &json(saved)?, &json(current)?, &mut diffs);
+    if !diffs.is_empty() {
+        bail!(
+            "{} belongs to a run with other settings; resume with the flags of the original run:\n  {}",
+            path.display(),
+            diffs.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Mean loss over the validation tokens.
+fn evaluate(backend: &mut dyn Backend, model: &Gpt, val: &ValData) -> Result<f64> {
+    let (mut total, mut batches) = (0.0, 0);
+    for (inputs, targets) in val.batches(model.batch, model.seq_len)? {
+        total += model.forward(backend, &inputs, &targets, Pass::Eval)?;
+        batches += 1;
+    }
+    Ok(total / batches as f64)
+}
+
+fn log_start(
+    config: &TrainConfig,
+    model: &Gpt,
+    optimizer: &Optimizer,
+    device: &str,
+    run: &RunState,
+) {
+    let m = &config.model;
+    info!("run {} on {device}, build {GIT_COMMIT}", run.run_id);
+    info!(
+        "model: {} {}: {} layers, width {}, {} heads, vocab {} (padded {}), context {}, {:.2}M parameters{}",
+        m.arch,
+        m.name,
+        m.layers,
+        m.channels,
+        m.heads,
+        m.vocab,
+        m.padded_vocab,
+        m.max_seq_len,
+        model.num_params() as f64 / 1e6,
+        m.softcap
+            .map_or(String::new(), |c| format!(", logit soft-cap {c}")),
+    );
+    info!(
+        "batch: {} tokens per step = {} sequences × {} tokens × {} accumulation steps",
+        config.batch_tokens(),
+        config.micro_batch,
+        config.seq_len,
+        config.grad_accum
+    );
+    for line in optimizer.describe() {
+        info!("optimizer: {line}");
+    }
+    let s = &config.schedule;
+    info!(
+        "schedule: {} steps, warm-up {} steps, cool-down over the last {}% to {}× the peak; gradient clipping {}",
+        config.max_steps,
+        s.warmup_steps,
+        s.cooldown_frac * 100.0,
+        s.final_lr_frac,
+        if config.grad_clip > 0.0 {
+            format!("at {}", config.grad_clip)
+        } else {
+            "off".into()
+        }
+    );
+    info!(
+        "validation: {} tokens of '{}' every {} steps; target loss {}",
+        config.val_tokens,
+        config.val_data,
+        config.val_every,
+        config.target_loss.map_or("none".into(), |t| t.to_string())
+    );
+    if run.step > 0 {
+        info!(
+            "resuming at step {} ({} tokens, {:.1} s of training so far)",
+            run.step, run.tokens, run.train_seconds
+        );
+    }
+}
+
+/// Trains as `config` says and returns the run's record (also appended to the log if asked).
+pub fn train(
+    backend: &mut dyn Backend,
+    config: &TrainConfig,
+    options: &RunOptions,
+) -> Result<Record> {
+    config.validate()?;
+    let m = &config.model;
+    let model = Gpt::new(backend, m, config.micro_batch, config.seq_len)?;
+    let mut optimizer = Optimizer::new(backend, &model, &config.optim)?;
+    let mut run = match &options.resume {
+        Some(path) => {
+            let checkpoint = Checkpoint::open(path)?;
+            ensure_same_run(&checkpoint.state.config, config, path)?;
+            checkpoint.restore(backend, &model, &optimizer)?;
+            checkpoint.state
+        }
+        None => {
+            model.init_params(backend, config.seed)?;
+            RunState::new(config)
+        }
+    };
+    let train_files = resolve_glob(&config.train_data)?.len();
+    let mut loader = TrainLoader::new(
+        &config.train_data,
+        config.micro_batch,
+        config.seq_len,
+        m.vocab,
+        run.loader,
+    )?;
+    let val = ValData::load(&config.val_data, config.val_tokens, m.vocab)?;
+    let device = backend.describe();
+    log_start(config, &model, &optimizer, &device, &run);
+    info!(
+        "training data: {train_files} shard(s) matching '{}'",
+        config.train_data
+    );
+
+    let tokens_per_step = config.batch_tokens() as u64;
+    let loss_scale = 1.0 / config.batch_tokens() as f32;
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    let progress = Progress::new(config.max_steps, run.step, options.log_every);
+    let mut time_to_target = None;
+    loop {
+        let step = run.step;
+        let last = step == config.max_steps;
+        let evaluated = run.eval_curve.last().is_some_and(|p| p.step == step);
+        if !evaluated && (last || (config.val_every > 0 && step.is_multiple_of(config.val_every))) {
+            let val_loss = evaluate(backend, &model, &val)?;
+            run.eval_curve.push(EvalPoint {
+                step,
+                tokens: run.tokens,
+                train_seconds: run.train_seconds,
+                val_loss,
+            });
+            info!(
+                "step {step:>6} | val loss {val_loss:.4} | train time {:.1} s",
+                run.train_seconds
+            );
+        }
+        let reached = |p: &&EvalPoint| {
+            config
+                .target_loss
+                .is_some_and(|t| p.step == step && p.val_loss <= t)
+        };
+        if let Some(point) = run.eval_curve.last().filter(reached) {
+            time_to_target = Some(point.train_seconds);
+            info!(
+                "target reached at step {step} after {:.1} s of training",
+                point.train_seconds
+            );
+            break;
+        }
+        if last {
+            break;
+        }
+
+        let started = Instant::now();
+        model.zero_grads(backend)?;
+        let mut loss = 0.0;
+        for _ in 0..config.grad_accum {
+            loader.next_batch(&mut inputs, &mut targets)?;
+            loss += model.forward(backend, &inputs, &targets, Pass::Train { loss_scale })?;
+            model.backward(backend)?;
+        }
+        loss /= config.grad_accum as f64;
+        if config.grad_clip > 0.0 {
+            let norm = backend.sum_squares(model.grad_buffer)?.sqrt();
+            if norm > config.grad_clip as f64 {
+                backend.scale(model.grad_buffer, (config.grad_clip as f64 / norm) as f32)?;
+            }
+        }
+        let lr_scale = config.schedule.lr_scale(step, config.max_steps);
+        optimizer.step(backend, step, lr_scale)?;
+        backend.synchronize()?;
+        let seconds = started.elapsed().as_secs_f64();
+        if !loss.is_finite() {
+            bail!("training diverged at step {step}: the training loss is {loss}");
+        }
+        run.step += 1;
+        run.tokens += tokens_per_step;
+        run.train_seconds += seconds;
+        run.loader = loader.position();
+        progress.update(
+            run.step,
+            &format!(
+                "step {:>6}/{} | loss {loss:.4} | lr × {lr_scale:.3} | {:.1} ms | {:.0} tokens/s",
+                run.step,
+                config.max_steps,
+                seconds * 1e3,
+                tokens_per_step as f64 / seconds
+            ),
+        );
+        if options.checkpoint_every > 0
+            && run.step.is_multiple_of(options.checkpoint_every)
+            && run.step < config.max_steps
+        {
+            let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
+            checkpoint::save(&path, backend, &model, &optimizer, &run)?;
+            info!("checkpoint {}", path.display());
+        }
+    }
+    drop(progress);
+    if options.checkpoint_every > 0 {
+        let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
+        checkpoint::save(&path, backend, &model, &optimizer, &run)?;
+        info!("checkpoint {}", path.display());
+    }
+
+    let final_val_loss = run.eval_curve.last().map_or(f64::NAN, |p| p.val_loss);
+    let record = Record {
+        run_id: run.run_id.clone(),
+        date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        git_commit: GIT_COMMIT.to_string(),
+        host: gethostname::gethostname().to_string_lossy().into_owned(),
+        device,
+        arch: m.arch.to_string(),
+        model: m.name.clone(),
+        params: model.num_params(),
+        optimizer: config.optim.matrix.kind().to_string(),
+        config: config.clone(),
+        batch_tokens: config.batch_tokens(),
+        seq_len: config.seq_len,
+        steps: run.step,
+        tokens: run.tokens,
+        eval_curve: run.eval_curve,
+        target_loss: config.target_loss,
+        time_to_target,
+        final_val_loss,
+        train_seconds: run.train_seconds,
+        peak_memory_bytes: backend.peak_memory_bytes(),
+        tokens_per_second: run.tokens as f64 / run.train_seconds.max(f64::MIN_POSITIVE),
+    };
+    if let Some(path) = &options.records {
+        records::append(path, &record)?;
+        info!("record appended to {}", path.display());
+    }
+    Ok(record)
+}

@@ -1,0 +1,79 @@
+//! The learning-rate schedule: linear warm-up, constant, then a linear cool-down over the last
+//! fraction of the run to a final fraction of the peak (modded-nanogpt's trapezoid).
+
+use anyhow::{Result, ensure};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub warmup_steps: usize,
+    /// Fraction of `max_steps` at the end over which the rate decays.
+    pub cooldown_frac: f32,
+    /// The rate at the last step, as a fraction of the peak.
+    pub final_lr_frac: f32,
+}
+
+impl Schedule {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (0.0..=1.0).contains(&self.cooldown_frac),
+            "--cooldown-frac must lie in [0, 1], not {}",
+            self.cooldown_frac
+        );
+        ensure!(
+            (0.0..=1.0).contains(&self.final_lr_frac),
+            "--final-lr-frac must lie in [0, 1], not {}",
+            self.final_lr_frac
+        );
+        Ok(())
+    }
+
+    /// Multiplier of every learning rate at `step` (0-based) of a run of `max_steps`.
+    pub fn lr_scale(&self, step: usize, max_steps: usize) -> f32 {
+        if step < self.warmup_steps {
+            return (step + 1) as f32 / self.warmup_steps as f32;
+        }
+        let progress = step as f32 / max_steps as f32;
+        if self.cooldown_frac == 0.0 || progress < 1.0 - self.cooldown_frac {
+            return 1.0;
+        }
+        let w = ((1.0 - progress) / self.cooldown_frac).clamp(0.0, 1.0);
+        w + (1.0 - w) * self.final_lr_frac
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Schedule;
+
+    #[test]
+    fn trapezoid_matches_hand_computed_points() {
+        // 100 steps, 10 of warm-up, cool-down over the last 40 to 10% of the peak.
+        let s = Schedule {
+            warmup_steps: 10,
+            cooldown_frac: 0.4,
+            final_lr_frac: 0.1,
+        };
+        let at = |step| s.lr_scale(step, 100);
+        assert_eq!(at(0), 0.1);
+        assert_eq!(at(4), 0.5);
+        assert_eq!(at(9), 1.0);
+        assert_eq!(at(10), 1.0);
+        assert_eq!(at(59), 1.0);
+        assert_eq!(at(60), 1.0); // cool-down starts at step 60 with w = 1
+        // Step 80: w = (1 − 0.8)/0.4 = 0.5 → 0.5 + 0.5·0.1 = 0.55.
+        assert!((at(80) - 0.55).abs() < 1e-6);
+        // Step 99: w = 0.01/0.4 = 0.025 → 0.025 + 0.975·0.1 = 0.1225.
+        assert!((at(99) - 0.1225).abs() < 1e-6);
+    }
+
+    #[test]
+    fn no_cooldown_keeps_the_peak() {
+        let s = Schedule {
+            warmup_steps: 0,
+            cooldown_frac: 0.0,
+            final_lr_frac: 0.0,
+        };
+        assert!((0..50).all(|step| s.lr_scale(step, 50) == 1.0));
+    }
+}

@@ -1,0 +1,379 @@
+//! End-to-end tests of the `speedrun` binary on synthetic data: learning to the known entropy
+//! rate, stopping at a target, resuming bitwise, the records log, and errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+use serde_json::Value;
+use tempfile::TempDir;
+
+fn speedrun(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the speedrun binary runs")
+}
+
+fn succeed(dir: &Path, args: &[&str]) -> String {
+    let out = speedrun(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "speedrun {args:?} failed:\n{stderr}");
+    stderr
+}
+
+/// Fails, without a panic, and returns the error output.
+fn fail(dir: &Path, args: &[&str]) -> String {
+    let out = speedrun(dir, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "speedrun {args:?} should fail:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "speedrun {args:?} panicked:\n{stderr}"
+    );
+    stderr
+}
+
+/// A temporary directory with synthetic shards (vocab 64) and their entropy rate.
+struct Workspace {
+    dir: TempDir,
+    entropy_rate: f64,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        succeed(
+            dir.path(),
+            &[
+                "data",
+                "synth",
+                "--out",
+                "synth",
+                "--train-tokens",
+                "1000000",
+                "--val-tokens",
+                "40000",
+            ],
+        );
+        let summary: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("synth/synth.json")).unwrap(),
+        )
+        .unwrap();
+        let entropy_rate = summary["entropy_rate"].as_f64().unwrap();
+        Workspace { dir, entropy_rate }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs a tiny model with these extra flags; returns stderr.
+    fn train(&self, extra: &[&str]) -> String {
+        let mut args = TINY.to_vec();
+        args.extend(extra);
+        succeed(self.path(), &args)
+    }
+
+    fn records(&self, file: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.path().join(file))
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("every records line is JSON"))
+            .collect()
+    }
+}
+
+/// A tiny model on the synthetic data: 2 layers, width 64, 2048 tokens per step.
+const TINY: &[&str] = &[
+    "train",
+    "--device",
+    "cpu",
+    "--model",
+    "tiny",
+    "--vocab",
+    "64",
+    "--context",
+    "64",
+    "--seq-len",
+    "64",
+    "--micro-batch",
+    "16",
+    "--batch-tokens",
+    "2048",
+    "--val-tokens",
+    "32768",
+    "--train-data",
+    "synth/synth_train_*.bin",
+    "--val-data",
+    "synth/synth_val_*.bin",
+];
+
+fn val_losses(record: &Value) -> Vec<f64> {
+    record["eval_curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[3].as_f64().unwrap())
+        .collect()
+}
+
+fn learns_to_the_entropy_rate(optimizer: &str) {
+    let ws = Workspace::new();
+    ws.train(&[
+        "--optimizer",
+        optimizer,
+        "--max-steps",
+        "150",
+        "--val-every",
+        "50",
+        "--records",
+        "log.jsonl",
+    ]);
+    let records = ws.records("log.jsonl");
+    assert_eq!(records.len(), 1, "one record per run");
+    let r = &records[0];
+    let loss = r["final_val_loss"].as_f64().unwrap();
+    // No model can beat the entropy rate beyond the sampling noise of 32768 validation tokens
+    // (standard error about 0.004): a loss far below it would mean the model sees the future.
+    assert!(
+        loss < ws.entropy_rate + 0.05 && loss > ws.entropy_rate - 0.02,
+        "{optimizer}: val loss {loss} vs entropy rate {}",
+        ws.entropy_rate
+    );
+    // The record is complete and consistent.
+    assert_eq!(r["optimizer"], optimizer);
+    assert_eq!(r["steps"], 150);
+    assert_eq!(r["tokens"], 150 * 2048);
+    assert_eq!(r["params"], 2 * 64 * 64 + 2 * 12 * 64 * 64);
+    let curve = r["eval_curve"].as_array().unwrap();
+    let steps: Vec<u64> = curve.iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert_eq!(steps, [0, 50, 100, 150]);
+    assert!(
+        (val_losses(r)[0] - 64f64.ln()).abs() < 1e-4,
+        "a zero lm_head predicts uniformly"
+    );
+    assert_eq!(curve.last().unwrap()[3].as_f64().unwrap(), loss);
+    assert!(r["time_to_target"].is_null() && r["target_loss"].is_null());
+    assert!(r["train_seconds"].as_f64().unwrap() > 0.0);
+    assert!(r["peak_memory_bytes"].as_u64().unwrap() > 0);
+    for key in ["run_id", "date", "git_commit", "host", "device"] {
+        assert!(!r[key].as_str().unwrap().is_empty(), "{key}");
+    }
+    // `speedrun records` shows the run.
+    let out = speedrun(ws.path(), &["records", "--file", "log.jsonl"]);
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success() && table.contains(r["run_id"].as_str().unwrap()),
+        "{table}"
+    );
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_muon() {
+    learns_to_the_entropy_rate("muon");
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adamw() {
+    learns_to_the_entropy_rate("adamw");
+}
+
+#[test]
+fn run_stops_at_the_first_validation_at_or_below_the_target() {
+    let ws = Workspace::new();
+    let target = ws.entropy_rate + 0.15;
+    let target_arg = target.to_string();
+    ws.train(&[
+        "--max-steps",
+        "400",
+        "--val-every",
+        "10",
+        "--target-loss",
+        &target_arg,
+        "--records",
+        "log.jsonl",
+    ]);
+    let r = &ws.records("log.jsonl")[0];
+    let losses = val_losses(r);
+    let (last, before) = losses.split_last().unwrap();
+    assert!(
+        *last <= target && before.iter().all(|l| *l > target),
+        "{losses:?}"
+    );
+    let steps = r["steps"].as_u64().unwrap();
+    assert!(steps < 400 && steps % 10 == 0);
+    let curve = r["eval_curve"].as_array().unwrap();
+    assert_eq!(r["time_to_target"], curve.last().unwrap()[2]);
+}
+
+fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<(String, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect();
+    all.sort();
+    all
+}
+
+fn only_run_dir(dir: &Path) -> PathBuf {
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "one run directory in {}", dir.display());
+    runs[0].clone()
+}
+
+fn resume_follows_the_uninterrupted_run(flags: &[&str]) {
+    let ws = Workspace::new();
+    let run = |checkpoints: &str, records: &str, extra: &[&str]| {
+        let mut args = flags.to_vec();
+        args.extend([
+            "--max-steps",
+            "30",
+            "--val-every",
+            "5",
+            "--checkpoint-every",
+            "15",
+        ]);
+        args.extend(["--checkpoint-dir", checkpoints, "--records", records]);
+        args.extend(extra);
+        ws.train(&args);
+    };
+    run("full", "full.jsonl", &[]);
+    let full = only_run_dir(&ws.path().join("full"));
+    let halfway = full.join("step_000015.safetensors");
+    let halfway = halfway.to_str().unwrap();
+    run("resumed", "resumed.jsonl", &["--resume", halfway]);
+    let resumed = only_run_dir(&ws.path().join("resumed"));
+
+    // Same weights and optimizer state, bit for bit, and the same validation curve.
+    let (a, b) = (
+        tensors(&full.join("step_000030.safetensors")),
+        tensors(&resumed.join("step_000030.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    for ((name_a, data_a), (name_b, data_b)) in a.iter().zip(&b) {
+        assert_eq!(name_a, name_b);
+        assert!(data_a == data_b, "{name_a} differs after resuming");
+    }
+    let (full, resumed) = (
+        &ws.records("full.jsonl")[0],
+        &ws.records("resumed.jsonl")[0],
+    );
+    assert_eq!(
+        full["run_id"], resumed["run_id"],
+        "a resumed run keeps its id"
+    );
+    assert_eq!(val_losses(full), val_losses(resumed));
+    assert_eq!(full["steps"], resumed["steps"]);
+    assert_eq!(full["tokens"], resumed["tokens"]);
+}
+
+#[test]
+fn resumed_speedrun_muon_run_matches_the_uninterrupted_run_bitwise() {
+    resume_follows_the_uninterrupted_run(&["--optimizer", "muon"]);
+}
+
+#[test]
+fn resumed_gpt2_adamw_run_matches_the_uninterrupted_run_bitwise() {
+    resume_follows_the_uninterrupted_run(&[
+        "--arch",
+        "gpt2",
+        "--optimizer",
+        "adamw",
+        "--warmup-steps",
+        "5",
+    ]);
+}
+
+#[test]
+fn resume_with_other_settings_is_refused_naming_the_difference() {
+    let ws = Workspace::new();
+    ws.train(&["--max-steps", "4", "--checkpoint-every", "2", "--no-record"]);
+    let checkpoint = only_run_dir(&ws.path().join("checkpoints")).join("step_000002.safetensors");
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--max-steps",
+        "4",
+        "--lr",
+        "0.01",
+        "--no-record",
+        "--resume",
+        checkpoint.to_str().unwrap(),
+    ]);
+    let err = fail(ws.path(), &args);
+    assert!(
+        err.contains("optim.matrix.lr: 0.05 in the checkpoint, 0.01 now"),
+        "{err}"
+    );
+}
+
+fn write_raw_shard(path: &Path, magic: i32, version: i32, count: i32, tokens: &[u16]) {
+    let mut bytes = Vec::new();
+    let header: Vec<i32> = [magic, version, count]
+        .into_iter()
+        .chain(std::iter::repeat_n(0, 253))
+        .collect();
+    for v in header {
+        bytes.extend(v.to_le_bytes());
+    }
+    for t in tokens {
+        bytes.extend(t.to_le_bytes());
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn bad_training_data_gives_errors_naming_the_file_and_the_problem() {
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let tokens: Vec<u16> = (0..5000).map(|i| (i % 64) as u16).collect();
+    write_raw_shard(&dir.join("magic.bin"), 12345, 1, 5000, &tokens);
+    write_raw_shard(&dir.join("truncated.bin"), 20240520, 1, 6000, &tokens);
+    let mut out_of_range = tokens.clone();
+    out_of_range[777] = 100;
+    write_raw_shard(&dir.join("range.bin"), 20240520, 1, 5000, &out_of_range);
+    let cases = [
+        ("magic.bin", "magic.bin: bad magic number 12345"),
+        (
+            "truncated.bin",
+            "truncated.bin: file is 11024 bytes but its header says 6000 tokens",
+        ),
+        (
+            "range.bin",
+            "range.bin: token 100 at token offset 777 is outside the vocabulary (vocab size 64)",
+        ),
+        ("nothing_*.bin", "no files match pattern 'nothing_*.bin'"),
+    ];
+    for (file, message) in cases {
+        let mut args = TINY.to_vec();
+        args.extend(["--train-data", file, "--max-steps", "2", "--no-record"]);
+        let err = fail(dir, &args);
+        assert!(err.contains(message), "{file}: {err}");
+    }
+}
+
+#[test]
+fn inconsistent_batch_flags_are_rejected_with_the_numbers() {
+    let ws = Workspace::new();
+    let mut args = TINY.to_vec();
+    args.extend(["--batch-tokens", "3000"]);
+    let err = fail(ws.path(), &args);
+    assert!(err.contains("--batch-tokens 3000 is not a positive multiple of --micro-batch 16 × --seq-len 64 = 1024"), "{err}");
+    let mut args = TINY.to_vec();
+    args.extend(["--optimizer", "adamw", "--momentum", "0.9"]);
+    let err = fail(ws.path(), &args);
+    assert!(
+        err.contains("these flags apply only to --optimizer muon: --momentum"),
+        "{err}"
+    );
+}
