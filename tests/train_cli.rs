@@ -206,7 +206,7 @@ fn run_stops_at_the_first_validation_at_or_below_the_target() {
         "{losses:?}"
     );
     let steps = r["steps"].as_u64().unwrap();
-    assert!(steps < 400 && steps % 10 == 0);
+    assert!(steps < 400 && steps.is_multiple_of(10));
     let curve = r["eval_curve"].as_array().unwrap();
     assert_eq!(r["time_to_target"], curve.last().unwrap()[2]);
 }
