@@ -149,7 +149,6 @@ impl DataError {
 
 /// A validated, memory-mapped token shard.
 pub struct Shard {
-    path: PathBuf,
     mmap: Mmap,
 }
 
@@ -218,10 +217,7 @@ impl Shard {
                 vocab_size,
             });
         }
-        Ok(Shard {
-            path: path.to_path_buf(),
-            mmap,
-        })
+        Ok(Shard { mmap })
     }
 
     /// The tokens, viewed in place in the memory map.
@@ -237,10 +233,6 @@ impl Shard {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -328,7 +320,6 @@ mod tests {
         assert_eq!(shard.tokens(), &tokens[..]);
         assert_eq!(shard.len(), 8);
         assert!(!shard.is_empty());
-        assert_eq!(shard.path(), path.as_path());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use tracing::info;
 
 use crate::backend::Backend;
-use crate::data::{TrainLoader, ValData, resolve_glob};
+use crate::data::{TrainLoader, ValData};
 use crate::model::{Gpt, ModelConfig, Pass};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::progress::Progress;
@@ -170,8 +170,7 @@ fn log_start(
         }
     );
     info!(
-        "validation: {} tokens of '{}' every {} steps; target loss {}",
-        config.val_tokens,
+        "validation: '{}' every {} steps; target loss {}",
         config.val_data,
         config.val_every,
         config.target_loss.map_or("none".into(), |t| t.to_string())
@@ -206,7 +205,6 @@ pub fn train(
             RunState::new(config)
         }
     };
-    let train_files = resolve_glob(&config.train_data)?.len();
     let mut loader = TrainLoader::new(
         &config.train_data,
         config.micro_batch,
@@ -218,8 +216,10 @@ pub fn train(
     let device = backend.describe();
     log_start(config, &model, &optimizer, &device, &run);
     info!(
-        "training data: {train_files} shard(s) matching '{}'",
-        config.train_data
+        "data: {} training shard(s) matching '{}'; {} validation tokens",
+        loader.files().len(),
+        config.train_data,
+        val.num_tokens()
     );
 
     let tokens_per_step = config.batch_tokens() as u64;

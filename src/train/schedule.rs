@@ -33,12 +33,13 @@ impl Schedule {
         if step < self.warmup_steps {
             return (step + 1) as f32 / self.warmup_steps as f32;
         }
-        let progress = step as f32 / max_steps as f32;
-        if self.cooldown_frac == 0.0 || progress < 1.0 - self.cooldown_frac {
+        let progress = step as f64 / max_steps as f64;
+        let cooldown = self.cooldown_frac as f64;
+        if cooldown == 0.0 || progress < 1.0 - cooldown {
             return 1.0;
         }
-        let w = ((1.0 - progress) / self.cooldown_frac).clamp(0.0, 1.0);
-        w + (1.0 - w) * self.final_lr_frac
+        let w = ((1.0 - progress) / cooldown).clamp(0.0, 1.0);
+        (w + (1.0 - w) * self.final_lr_frac as f64) as f32
     }
 }
 
@@ -54,17 +55,20 @@ mod tests {
             cooldown_frac: 0.4,
             final_lr_frac: 0.1,
         };
-        let at = |step| s.lr_scale(step, 100);
-        assert_eq!(at(0), 0.1);
-        assert_eq!(at(4), 0.5);
-        assert_eq!(at(9), 1.0);
-        assert_eq!(at(10), 1.0);
-        assert_eq!(at(59), 1.0);
-        assert_eq!(at(60), 1.0); // cool-down starts at step 60 with w = 1
-        // Step 80: w = (1 − 0.8)/0.4 = 0.5 → 0.5 + 0.5·0.1 = 0.55.
-        assert!((at(80) - 0.55).abs() < 1e-6);
-        // Step 99: w = 0.01/0.4 = 0.025 → 0.025 + 0.975·0.1 = 0.1225.
-        assert!((at(99) - 0.1225).abs() < 1e-6);
+        let expected = [
+            (0, 0.1),
+            (4, 0.5),
+            (9, 1.0),
+            (10, 1.0),
+            (59, 1.0),
+            (60, 1.0),    // the cool-down starts here, with w = 1
+            (80, 0.55),   // w = (1 − 0.8)/0.4 = 0.5 → 0.5 + 0.5·0.1
+            (99, 0.1225), // w = 0.01/0.4 = 0.025 → 0.025 + 0.975·0.1
+        ];
+        for (step, want) in expected {
+            let got = s.lr_scale(step, 100);
+            assert!((got - want).abs() < 1e-6, "step {step}: {got} vs {want}");
+        }
     }
 
     #[test]
