@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use tracing::info;
+use std::sync::atomic::Ordering;
+
+use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
@@ -12,7 +14,7 @@ use crate::data::{SynthConfig, write_synth_dataset};
 use crate::model::{Arch, ModelConfig, ModelOverrides, ModelSize};
 use crate::optim::{AdamConfig, MatrixOptimizer, OptimConfig, OptimizerKind};
 use crate::records;
-use crate::train::{RunOptions, Schedule, TrainConfig, train};
+use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -393,6 +395,13 @@ impl TrainArgs {
             records: (!self.no_record).then(|| self.records.clone()),
             log_every: self.log_every,
         };
+        ctrlc::set_handler(|| {
+            if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            warn!("stopping after this step to save a checkpoint (Ctrl-C again to quit at once)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
         let record = train(backend.as_mut(), &config, &options)?;
         info!(
             "done: {} steps, {} tokens, final val loss {:.4}, {:.1} s of training, {:.0} tokens/s{}",

@@ -377,3 +377,82 @@ fn inconsistent_batch_flags_are_rejected_with_the_numbers() {
         "{err}"
     );
 }
+
+/// Starts a run, sends it SIGINT once it has logged step `after`, and returns its log and the
+/// step it says it stopped after.
+fn interrupt(ws: &Workspace, args: &[&str], after: usize) -> (String, usize) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(args)
+        .current_dir(ws.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let marker = format!("step {after:>6}/");
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains(&marker) {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    assert!(
+        !child.wait().unwrap().success(),
+        "an interrupted run exits with an error:\n{log}"
+    );
+    let (_, rest) = log.split_once("interrupted after step ").expect(&log);
+    let step = rest.split(';').next().unwrap().parse().unwrap();
+    assert!(step >= after, "{log}");
+    (log, step)
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    let ws = Workspace::new();
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--max-steps",
+        "100000",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--no-record",
+    ]);
+    let (log, step) = interrupt(&ws, &args, 3);
+    let run_dir = only_run_dir(&ws.path().join("checkpoints"));
+    let checkpoint = run_dir.join(format!("step_{step:06}.safetensors"));
+    let relative = checkpoint
+        .strip_prefix(ws.path())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(log.contains(&format!("--resume {relative}")), "{log}");
+
+    args.extend(["--resume", &relative]);
+    let (log, resumed_step) = interrupt(&ws, &args, step + 2);
+    assert!(
+        log.contains(&format!("resuming at step {step} ({} tokens", step * 2048)),
+        "{log}"
+    );
+    assert!(
+        run_dir
+            .join(format!("step_{resumed_step:06}.safetensors"))
+            .exists()
+    );
+}

@@ -203,13 +203,8 @@ impl ValData {
         self.val_tokens
     }
 
-    /// val_tokens / (B·T) batches of (inputs, targets); batch i covers
-    /// tokens [i·B·T, (i+1)·B·T], targets shifted by one.
-    pub fn batches(
-        &self,
-        batch: usize,
-        seq_len: usize,
-    ) -> Result<impl Iterator<Item = (Vec<u32>, Vec<u32>)> + '_, DataError> {
+    /// The number of validation batches of B×T tokens: val_tokens / (B·T), which must divide.
+    pub fn batch_count(&self, batch: usize, seq_len: usize) -> Result<usize, DataError> {
         let bt = batch_tokens(batch, seq_len)?;
         if !self.val_tokens.is_multiple_of(bt) {
             return Err(DataError::ValNotMultiple {
@@ -219,7 +214,19 @@ impl ValData {
                 batch_tokens: bt,
             });
         }
-        Ok((0..self.val_tokens / bt).map(move |i| {
+        Ok(self.val_tokens / bt)
+    }
+
+    /// val_tokens / (B·T) batches of (inputs, targets); batch i covers
+    /// tokens [i·B·T, (i+1)·B·T], targets shifted by one.
+    pub fn batches(
+        &self,
+        batch: usize,
+        seq_len: usize,
+    ) -> Result<impl Iterator<Item = (Vec<u32>, Vec<u32>)> + '_, DataError> {
+        let count = self.batch_count(batch, seq_len)?;
+        let bt = batch * seq_len;
+        Ok((0..count).map(move |i| {
             let window = &self.tokens[i * bt..(i + 1) * bt + 1];
             let (mut inputs, mut targets) = (Vec::new(), Vec::new());
             fill_u32(&mut inputs, &window[..bt]);

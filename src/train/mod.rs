@@ -5,9 +5,10 @@ pub mod checkpoint;
 pub mod schedule;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::info;
@@ -20,6 +21,9 @@ use crate::progress::Progress;
 use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
 pub use schedule::Schedule;
+
+/// Set (by the Ctrl-C handler) to make the loop save a checkpoint and stop after its current step.
+pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 /// Everything that determines a run's trajectory. A resumed run must have the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,12 +215,18 @@ pub fn train(
         config.seq_len,
         m.vocab,
         run.loader,
-    )?;
-    let val = ValData::load(&config.val_data, config.val_tokens, m.vocab)?;
+    )
+    .context("training data (--train-data)")?;
+    let val = ValData::load(&config.val_data, config.val_tokens, m.vocab)
+        .context("validation data (--val-data, --val-tokens)")?;
+    // Checked now rather than at the first validation, which may come at the end of the run.
+    let val_batches = val
+        .batch_count(config.micro_batch, config.seq_len)
+        .context("validation data (--val-tokens)")?;
     let device = backend.describe();
     log_start(config, &model, &optimizer, &device, &run);
     info!(
-        "data: {} training shard(s) matching '{}'; {} validation tokens",
+        "data: {} training shard(s) matching '{}'; {} validation tokens in {val_batches} batches",
         loader.files().len(),
         config.train_data,
         val.num_tokens()
@@ -304,6 +314,15 @@ pub fn train(
             let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
             checkpoint::save(&path, backend, &model, &optimizer, &run)?;
             info!("checkpoint {}", path.display());
+        }
+        if STOP_REQUESTED.load(Ordering::Relaxed) {
+            let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
+            checkpoint::save(&path, backend, &model, &optimizer, &run)?;
+            bail!(
+                "interrupted after step {}; continue with the same flags and --resume {}",
+                run.step,
+                path.display()
+            );
         }
     }
     drop(progress);

@@ -98,6 +98,19 @@ impl<F: Real> CpuBackend<F> {
     }
 }
 
+/// The processor's model name, from /proc ("cpu" where that is unavailable).
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .and_then(|rest| rest.split_once(':'))
+                .map(|(_, name)| name.trim().to_string())
+        })
+        .unwrap_or_else(|| "cpu".into())
+}
+
 /// Peak resident set size of this process, from /proc (0 where that is unavailable).
 fn peak_rss_bytes() -> u64 {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
@@ -119,7 +132,8 @@ fn peak_rss_bytes() -> u64 {
 impl<F: Real> Backend for CpuBackend<F> {
     fn describe(&self) -> String {
         format!(
-            "cpu ({}, {} threads)",
+            "cpu: {} ({}, {} threads)",
+            cpu_model(),
             F::NAME,
             rayon::current_num_threads()
         )
