@@ -339,16 +339,16 @@ impl TrainArgs {
             final_lr_frac: self.final_lr_frac.unwrap_or(final_frac),
         };
 
-        let sequence_tokens = self.micro_batch * self.seq_len;
+        // An overflowing product is no multiple of anything: the same error.
+        let sequence_tokens = self.micro_batch.checked_mul(self.seq_len).unwrap_or(0);
         ensure!(
             sequence_tokens > 0
                 && self.batch_tokens > 0
                 && self.batch_tokens.is_multiple_of(sequence_tokens),
-            "--batch-tokens {} is not a positive multiple of --micro-batch {} × --seq-len {} = {}",
+            "--batch-tokens {} is not a positive multiple of --micro-batch {} × --seq-len {}",
             self.batch_tokens,
             self.micro_batch,
-            self.seq_len,
-            sequence_tokens
+            self.seq_len
         );
         ensure!(
             self.seq_len <= model.max_seq_len,

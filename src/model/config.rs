@@ -8,6 +8,11 @@ pub const GPT2_VOCAB: usize = 50257;
 /// The vocabulary is padded to a multiple of this, for fast matrix products
 /// (50257 → 50304, as llm.c and the speedrun do).
 pub const VOCAB_PADDING: usize = 64;
+/// Limits on model dimensions, far above any real model here, that keep sizes from overflowing.
+pub const MAX_LAYERS: usize = 1 << 10;
+pub const MAX_WIDTH: usize = 1 << 16;
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_CONTEXT: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -120,20 +125,40 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        ensure!(self.layers > 0, "the model needs at least one layer");
+        // Generous bounds (GPT-2 XL is 48 × 1600 with 25 heads) that keep every buffer size
+        // far from overflowing.
+        let within = |value: usize, max: usize| (1..=max).contains(&value);
         ensure!(
-            self.channels > 0 && self.heads > 0 && self.channels.is_multiple_of(self.heads),
-            "width {} is not a positive multiple of the number of heads {}",
-            self.channels,
-            self.heads
+            within(self.layers, MAX_LAYERS),
+            "--layers must be in 1..={MAX_LAYERS}, not {}",
+            self.layers
+        );
+        ensure!(
+            within(self.channels, MAX_WIDTH),
+            "--width must be in 1..={MAX_WIDTH}, not {}",
+            self.channels
+        );
+        ensure!(
+            within(self.heads, self.channels) && self.channels.is_multiple_of(self.heads),
+            "--heads {} does not divide the width {}",
+            self.heads,
+            self.channels
         );
         ensure!(
             self.arch == Arch::Gpt2 || self.head_dim().is_multiple_of(2),
-            "rotary embeddings need an even head dimension, not {}",
+            "rotary embeddings need an even head dimension, not {} (width / heads)",
             self.head_dim()
         );
-        ensure!(self.vocab > 0, "the vocabulary size must be positive");
-        ensure!(self.max_seq_len > 0, "the context length must be positive");
+        ensure!(
+            within(self.vocab, MAX_VOCAB),
+            "--vocab must be in 1..={MAX_VOCAB}, not {}",
+            self.vocab
+        );
+        ensure!(
+            within(self.max_seq_len, MAX_CONTEXT),
+            "--context must be in 1..={MAX_CONTEXT}, not {}",
+            self.max_seq_len
+        );
         Ok(())
     }
 

@@ -22,6 +22,9 @@ use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
 pub use schedule::Schedule;
 
+/// Most tokens in one micro-batch (with the model limits, keeps buffer sizes from overflowing).
+pub const MAX_MICRO_BATCH_TOKENS: usize = 1 << 24;
+
 /// Set (by the Ctrl-C handler) to make the loop save a checkpoint and stop after its current step.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
@@ -64,6 +67,13 @@ impl TrainConfig {
             self.micro_batch > 0 && self.seq_len > 0 && self.grad_accum > 0,
             "batch sizes must be positive"
         );
+        ensure!(
+            self.micro_batch.saturating_mul(self.seq_len) <= MAX_MICRO_BATCH_TOKENS,
+            "a micro-batch of {} × {} tokens is more than {MAX_MICRO_BATCH_TOKENS}",
+            self.micro_batch,
+            self.seq_len
+        );
+        ensure!(self.val_tokens > 0, "--val-tokens must be positive");
         ensure!(self.grad_clip >= 0.0, "--grad-clip must not be negative");
         Ok(())
     }

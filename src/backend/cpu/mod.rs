@@ -139,8 +139,14 @@ impl<F: Real> Backend for CpuBackend<F> {
         )
     }
 
-    fn alloc(&mut self, len: usize, _kind: BufferKind) -> Result<Tensor> {
-        self.floats.push(vec![F::zero(); len]);
+    fn alloc(&mut self, len: usize, kind: BufferKind) -> Result<Tensor> {
+        let mut buffer = Vec::new();
+        buffer.try_reserve_exact(len).map_err(|_| {
+            let gib = (len * std::mem::size_of::<F>()) as f64 / (1u64 << 30) as f64;
+            anyhow::anyhow!("cannot allocate {gib:.2} GiB for a {kind:?} buffer")
+        })?;
+        buffer.resize(len, F::zero());
+        self.floats.push(buffer);
         Ok(Tensor {
             buffer: self.floats.len() - 1,
             offset: 0,
