@@ -29,7 +29,7 @@ impl Tensor {
     /// The sub-view of `len` elements starting `start` elements into this one.
     pub fn slice(self, start: usize, len: usize) -> Tensor {
         assert!(
-            start + len <= self.len,
+            start.checked_add(len).is_some_and(|end| end <= self.len),
             "slice {start}+{len} out of a tensor of {}",
             self.len
         );

@@ -3,8 +3,8 @@
 
 use rayon::prelude::*;
 
-use super::Real;
 use super::matmul::{Mat, gemm, gemm_raw};
+use super::{Real, expect_len};
 use crate::backend::AttentionShape;
 
 /// A pointer that tasks share to write disjoint elements of one output.
@@ -40,8 +40,10 @@ fn scale<F: Real>(s: &AttentionShape) -> F {
 
 pub(super) fn forward<F: Real>(out: &mut [F], lse: &mut [F], qkv: &[F], s: AttentionShape) {
     let t = s.seq_len;
-    assert_eq!(qkv.len(), s.rows() * 3 * s.channels, "attention qkv size");
-    assert_eq!(out.len(), s.rows() * s.channels, "attention output size");
+    expect_len("attention qkv", qkv.len(), s.rows() * 3 * s.channels);
+    expect_len("attention output", out.len(), s.rows() * s.channels);
+    expect_len("attention log-sum-exp", lse.len(), s.batch * s.heads * t);
+    expect_len("attention head width", s.head_dim() * s.heads, s.channels);
     let out = SharedOut(out.as_mut_ptr());
     // lse is (batch, heads, seq_len): one contiguous row of seq_len per task.
     lse.par_chunks_mut(t).enumerate().for_each_init(
@@ -92,7 +94,12 @@ pub(super) fn backward<F: Real>(
     s: AttentionShape,
 ) {
     let (t, c, hd) = (s.seq_len, s.channels, s.head_dim());
-    assert_eq!(dqkv.len(), s.rows() * 3 * c, "attention dqkv size");
+    expect_len("attention qkv", qkv.len(), s.rows() * 3 * c);
+    expect_len("attention qkv gradient", dqkv.len(), qkv.len());
+    expect_len("attention output", out.len(), s.rows() * c);
+    expect_len("attention output gradient", dout.len(), out.len());
+    expect_len("attention log-sum-exp", lse.len(), s.batch * s.heads * t);
+    expect_len("attention head width", hd * s.heads, c);
     let dqkv = SharedOut(dqkv.as_mut_ptr());
     let scale = scale::<F>(&s);
     lse.par_chunks(t).enumerate().for_each_init(
@@ -145,6 +152,8 @@ pub(super) fn rope<F: Real>(qkv: &mut [F], table: &[F], s: AttentionShape, inver
     let (c, hd) = (s.channels, s.head_dim());
     let half = hd / 2;
     let max_len = table.len() / hd;
+    expect_len("rope table", table.len(), max_len * hd);
+    expect_len("rope qkv", qkv.len(), s.rows() * 3 * c);
     assert!(s.seq_len <= max_len, "rope table shorter than the sequence");
     let (cos, sin) = table.split_at(max_len * half);
     qkv.par_chunks_mut(3 * c).enumerate().for_each(|(row, x)| {

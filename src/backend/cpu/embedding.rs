@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{Real, expect_len};
 
 pub(super) fn forward<F: Real>(
     out: &mut [F],
@@ -12,6 +12,14 @@ pub(super) fn forward<F: Real>(
     seq_len: usize,
     c: usize,
 ) {
+    expect_len("embedding output", out.len(), tokens.len() * c);
+    expect_len("embedding tokens", tokens.len() % seq_len, 0);
+    if let Some(positions) = positions {
+        assert!(
+            positions.len() >= seq_len * c,
+            "position table shorter than the sequence"
+        );
+    }
     out.par_chunks_mut(c)
         .zip(tokens.par_iter())
         .enumerate()
@@ -38,6 +46,8 @@ pub(super) fn backward<F: Real>(
     seq_len: usize,
     c: usize,
 ) {
+    expect_len("embedding output gradient", dout.len(), tokens.len() * c);
+    expect_len("embedding table gradient", dtable.len() % c, 0);
     let vocab = dtable.len() / c;
     // Counting sort of row indices by token: rows of token v are order[start[v]..start[v+1]].
     let mut start = vec![0usize; vocab + 1];
@@ -65,6 +75,10 @@ pub(super) fn backward<F: Real>(
             }
         });
     if let Some(dpositions) = dpositions {
+        assert!(
+            dpositions.len() >= seq_len * c,
+            "position gradient shorter than the sequence"
+        );
         let batch = tokens.len() / seq_len;
         dpositions[..seq_len * c]
             .par_chunks_mut(c)

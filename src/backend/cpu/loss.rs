@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{Real, expect_len};
 
 pub(super) fn softmax_cross_entropy<F: Real>(
     logits: &mut [F],
@@ -14,6 +14,13 @@ pub(super) fn softmax_cross_entropy<F: Real>(
     softcap: Option<F>,
     grad_scale: Option<F>,
 ) {
+    expect_len(
+        "cross-entropy logits",
+        logits.len(),
+        targets.len() * padded_vocab,
+    );
+    expect_len("cross-entropy losses", losses.len(), targets.len());
+    assert!(vocab <= padded_vocab, "vocabulary larger than its padding");
     logits
         .par_chunks_mut(padded_vocab)
         .zip(losses.par_iter_mut().zip(targets.par_iter()))

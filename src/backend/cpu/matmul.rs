@@ -4,7 +4,7 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::Real;
+use super::{Real, expect_len};
 use crate::backend::Gemm;
 
 /// A read-only strided matrix view: element (i, j) is `data[i·row_stride + j·col_stride]`.
@@ -125,9 +125,13 @@ pub(super) fn forward<F: Real>(
     in_dim: usize,
     out_dim: usize,
 ) {
+    expect_len("matmul input", inp.len(), rows * in_dim);
+    expect_len("matmul weight", weight.len(), out_dim * in_dim);
+    expect_len("matmul output", out.len(), rows * out_dim);
     let x = Mat::row_major(inp, rows, in_dim);
     let w = Mat::row_major(weight, out_dim, in_dim);
     let keep = bias.map(|bias| {
+        expect_len("matmul bias", bias.len(), out_dim);
         out.par_chunks_mut(out_dim)
             .for_each(|row| row.copy_from_slice(bias));
         F::one()
@@ -147,12 +151,18 @@ pub(super) fn backward<F: Real>(
     in_dim: usize,
     out_dim: usize,
 ) {
+    expect_len("matmul input", inp.len(), rows * in_dim);
+    expect_len("matmul input gradient", dinp.len(), rows * in_dim);
+    expect_len("matmul weight", weight.len(), out_dim * in_dim);
+    expect_len("matmul weight gradient", dweight.len(), out_dim * in_dim);
+    expect_len("matmul output gradient", dout.len(), rows * out_dim);
     let dy = Mat::row_major(dout, rows, out_dim);
     let x = Mat::row_major(inp, rows, in_dim);
     let w = Mat::row_major(weight, out_dim, in_dim);
     gemm(dinp, dy, w, F::one(), None, true);
     gemm(dweight, dy.t(), x, F::one(), Some(F::one()), true);
     if let Some(dbias) = dbias {
+        expect_len("matmul bias gradient", dbias.len(), out_dim);
         add_column_sums(dbias, dout, out_dim);
     }
 }

@@ -32,6 +32,15 @@ use views::Views;
 /// deterministic.
 const CHUNK: usize = 1 << 14;
 
+/// Panics unless an operand has the length its operation's shape implies: a caller's bug,
+/// caught before any kernel reads or writes out of place.
+fn expect_len(what: &str, len: usize, expected: usize) {
+    assert_eq!(
+        len, expected,
+        "{what}: {len} elements where the shape needs {expected}"
+    );
+}
+
 /// The float types the reference backend computes in.
 pub trait Real:
     num_traits::Float

@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::Real;
+use super::{Real, expect_len};
 
 const LAYERNORM_EPS: f64 = 1e-5;
 const RMSNORM_EPS: f64 = 1e-6;
@@ -22,6 +22,13 @@ pub(super) fn layernorm_forward<F: Real>(
     bias: &[F],
     c: usize,
 ) {
+    let rows = inp.len() / c;
+    expect_len("layernorm input", inp.len(), rows * c);
+    expect_len("layernorm output", out.len(), inp.len());
+    expect_len("layernorm mean", mean_out.len(), rows);
+    expect_len("layernorm rstd", rstd_out.len(), rows);
+    expect_len("layernorm weight", weight.len(), c);
+    expect_len("layernorm bias", bias.len(), c);
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean_out.par_iter_mut().zip(rstd_out.par_iter_mut()))
@@ -48,6 +55,19 @@ pub(super) fn layernorm_backward<F: Real>(
     rstd_in: &[F],
     c: usize,
 ) {
+    let rows = inp.len() / c;
+    expect_len("layernorm input", inp.len(), rows * c);
+    expect_len("layernorm input gradient", dinp.len(), inp.len());
+    expect_len("layernorm output gradient", dout.len(), inp.len());
+    expect_len("layernorm mean", mean_in.len(), rows);
+    expect_len("layernorm rstd", rstd_in.len(), rows);
+    for (what, len) in [
+        ("layernorm weight", weight.len()),
+        ("layernorm weight gradient", dweight.len()),
+        ("layernorm bias gradient", dbias.len()),
+    ] {
+        expect_len(what, len, c);
+    }
     // Each block of rows returns its partial [dweight | dbias]; partials are added in order.
     let partials: Vec<Vec<F>> = dinp
         .par_chunks_mut(BLOCK_ROWS * c)
@@ -107,6 +127,8 @@ fn rms_normalize_backward<F: Real>(dx: &mut [F], dy: &[F], x: &[F], rstd: F, acc
 }
 
 pub(super) fn rmsnorm_forward<F: Real>(out: &mut [F], rstd: &mut [F], inp: &[F], c: usize) {
+    expect_len("rmsnorm input", inp.len(), rstd.len() * c);
+    expect_len("rmsnorm output", out.len(), inp.len());
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(rstd.par_iter_mut())
@@ -120,6 +142,9 @@ pub(super) fn rmsnorm_backward<F: Real>(
     rstd: &[F],
     c: usize,
 ) {
+    expect_len("rmsnorm input", inp.len(), rstd.len() * c);
+    expect_len("rmsnorm input gradient", dinp.len(), inp.len());
+    expect_len("rmsnorm output gradient", dout.len(), inp.len());
     dinp.par_chunks_mut(c)
         .zip(dout.par_chunks(c))
         .zip(inp.par_chunks(c).zip(rstd.par_iter()))
@@ -135,6 +160,11 @@ pub(super) fn qk_norm_forward<F: Real>(
     c: usize,
 ) {
     let hd = c / heads;
+    let rows = qkv.len() / (3 * c);
+    expect_len("qk-norm input", qkv.len(), rows * 3 * c);
+    expect_len("qk-norm output", out.len(), qkv.len());
+    expect_len("qk-norm rstd", rstd.len(), rows * 2 * heads);
+    expect_len("qk-norm head width", hd * heads, c);
     out.par_chunks_mut(3 * c)
         .zip(qkv.par_chunks(3 * c))
         .zip(rstd.par_chunks_mut(2 * heads))
@@ -160,6 +190,12 @@ pub(super) fn qk_norm_backward<F: Real>(
     c: usize,
 ) {
     let hd = c / heads;
+    let rows = qkv.len() / (3 * c);
+    expect_len("qk-norm input", qkv.len(), rows * 3 * c);
+    expect_len("qk-norm input gradient", dqkv.len(), qkv.len());
+    expect_len("qk-norm output gradient", dout.len(), qkv.len());
+    expect_len("qk-norm rstd", rstd.len(), rows * 2 * heads);
+    expect_len("qk-norm head width", hd * heads, c);
     dqkv.par_chunks_mut(3 * c)
         .zip(dout.par_chunks(3 * c))
         .zip(qkv.par_chunks(3 * c).zip(rstd.par_chunks(2 * heads)))

@@ -89,7 +89,7 @@ fn layernorm_forward_matches_definition_and_backward_matches_finite_differences(
 }
 
 #[test]
-fn rmsnorm_forward_has_unit_rms_and_backward_matches_finite_differences() {
+fn rmsnorm_matches_definition_and_backward_matches_finite_differences() {
     let (n, c) = (4, 6);
     let (x, dy) = (random(n * c, 11), random(n * c, 12));
     let forward = |x: &[f64]| {
@@ -98,9 +98,13 @@ fn rmsnorm_forward_has_unit_rms_and_backward_matches_finite_differences() {
         (y, rstd)
     };
     let (y, rstd) = forward(&x);
-    for row in y.chunks(c) {
-        let rms = (row.iter().map(|v| v * v).sum::<f64>() / c as f64).sqrt();
-        assert!((rms - 1.0).abs() < 1e-4, "rms {rms}"); // eps 1e-6 keeps it just below 1
+    for (row_y, row_x) in y.chunks(c).zip(x.chunks(c)) {
+        let mean_square = row_x.iter().map(|v| v * v).sum::<f64>() / c as f64;
+        let want: Vec<f64> = row_x
+            .iter()
+            .map(|v| v / (mean_square + 1e-6).sqrt())
+            .collect();
+        assert_close("rmsnorm", row_y, &want, 1e-12);
     }
     let dx0 = random(n * c, 13);
     let mut dx = dx0.clone();
@@ -120,10 +124,15 @@ fn qk_norm_normalises_each_head_copies_v_and_backward_matches_finite_differences
         (out, rstd)
     };
     let (out, rstd) = forward(&qkv);
+    let hd = c / heads;
     for (row_out, row_in) in out.chunks(3 * c).zip(qkv.chunks(3 * c)) {
-        for head in row_out[..2 * c].chunks(c / heads) {
-            let rms = (head.iter().map(|v| v * v).sum::<f64>() / head.len() as f64).sqrt();
-            assert!((rms - 1.0).abs() < 1e-4);
+        for (head_out, head_in) in row_out[..2 * c].chunks(hd).zip(row_in.chunks(hd)) {
+            let mean_square = head_in.iter().map(|v| v * v).sum::<f64>() / hd as f64;
+            let want: Vec<f64> = head_in
+                .iter()
+                .map(|v| v / (mean_square + 1e-6).sqrt())
+                .collect();
+            assert_close("qk-norm", head_out, &want, 1e-12);
         }
         assert_eq!(&row_out[2 * c..], &row_in[2 * c..]);
     }
@@ -460,4 +469,43 @@ fn frobenius_normalisation_gives_unit_norm_per_matrix() {
         let norm = m.iter().map(|v| v * v).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-6);
     }
+}
+
+#[test]
+#[should_panic(expected = "attention qkv: 72 elements where the shape needs 36")]
+fn attention_backward_rejects_operands_of_another_shape() {
+    // Inputs for two sequences, a shape and an output gradient for one: the kernel must refuse
+    // rather than write past `dqkv`.
+    let s = AttentionShape {
+        batch: 1,
+        seq_len: 2,
+        heads: 1,
+        channels: 6,
+    };
+    let mut dqkv = vec![0.0; s.rows() * 3 * s.channels];
+    let (qkv, out, lse) = (vec![0.0; 2 * dqkv.len()], vec![0.0; 24], vec![0.0; 4]);
+    attention::backward(&mut dqkv, &out, &qkv, &out, &lse, s);
+}
+
+#[test]
+#[should_panic(expected = "out of a tensor of 10")]
+fn slicing_with_an_overflowing_offset_panics() {
+    let t = crate::backend::Tensor {
+        buffer: 0,
+        offset: 0,
+        len: 10,
+    };
+    t.slice(usize::MAX, 2);
+}
+
+#[test]
+#[should_panic(expected = "runs past its buffer of 10")]
+fn a_view_with_an_overflowing_offset_panics() {
+    use crate::backend::{Backend, BufferKind, Tensor};
+    let mut b = super::CpuBackend::<f32>::new();
+    let t = b.alloc(10, BufferKind::Scratch).unwrap();
+    let _ = b.read(Tensor {
+        offset: usize::MAX - 5,
+        ..t
+    });
 }

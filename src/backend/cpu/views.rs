@@ -44,7 +44,9 @@ impl<'a, F> Views<'a, F> {
         // SAFETY: the index is in bounds and `self` holds the exclusive borrow of all buffers.
         let buffer = unsafe { &mut *self.buffers.add(t.buffer) };
         assert!(
-            t.offset + t.len <= buffer.len(),
+            t.offset
+                .checked_add(t.len)
+                .is_some_and(|end| end <= buffer.len()),
             "tensor {t:?} runs past its buffer of {}",
             buffer.len()
         );
