@@ -257,18 +257,38 @@ struct RecordsArgs {
     file: PathBuf,
 }
 
-/// The optimizer flags that only Muon has, with their names, for a clear error under AdamW.
-fn muon_only_flags(a: &TrainArgs) -> Vec<&'static str> {
-    [
-        ("--momentum", a.momentum.is_some()),
-        ("--nesterov", a.nesterov.is_some()),
-        ("--ns-steps", a.ns_steps.is_some()),
-        ("--momentum-warmup-start", a.momentum_warmup_start.is_some()),
-        ("--momentum-warmup-steps", a.momentum_warmup_steps.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, given)| given.then_some(name))
-    .collect()
+impl TrainArgs {
+    /// Flags given that the chosen architecture or optimizer has no use for: an error rather
+    /// than silently ignored.
+    fn inapplicable_flags(&self) -> Vec<&'static str> {
+        let (muon, speedrun) = (
+            self.optimizer == OptimizerKind::Muon,
+            self.arch == Arch::Speedrun,
+        );
+        [
+            ("--momentum", self.momentum.is_some(), muon),
+            ("--nesterov", self.nesterov.is_some(), muon),
+            ("--ns-steps", self.ns_steps.is_some(), muon),
+            (
+                "--momentum-warmup-start",
+                self.momentum_warmup_start.is_some(),
+                muon,
+            ),
+            (
+                "--momentum-warmup-steps",
+                self.momentum_warmup_steps.is_some(),
+                muon,
+            ),
+            ("--softcap", self.softcap.is_some(), speedrun),
+            ("--rope-base", self.rope_base.is_some(), speedrun),
+            // gpt2 ties the head to the embeddings; speedrun has no gains or biases.
+            ("--head-lr", self.head_lr.is_some(), speedrun),
+            ("--scalar-lr", self.scalar_lr.is_some(), !speedrun),
+        ]
+        .into_iter()
+        .filter_map(|(name, given, applies)| (given && !applies).then_some(name))
+        .collect()
+    }
 }
 
 fn set<T: Copy>(target: &mut T, value: Option<T>) {
@@ -279,6 +299,14 @@ fn set<T: Copy>(target: &mut T, value: Option<T>) {
 
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
+        let unused = self.inapplicable_flags();
+        ensure!(
+            unused.is_empty(),
+            "--arch {} --optimizer {} has no use for {}",
+            self.arch,
+            self.optimizer,
+            unused.join(", ")
+        );
         let overrides = ModelOverrides {
             layers: self.layers,
             channels: self.width,
@@ -307,12 +335,6 @@ impl TrainArgs {
                 set(&mut muon.momentum_warmup_steps, self.momentum_warmup_steps);
             }
             MatrixOptimizer::Adamw(adam) => {
-                let muon_flags = muon_only_flags(self);
-                ensure!(
-                    muon_flags.is_empty(),
-                    "these flags apply only to --optimizer muon: {}",
-                    muon_flags.join(", ")
-                );
                 set(&mut adam.lr, self.lr);
                 set(&mut adam.weight_decay, self.weight_decay);
                 adam_overrides(adam);

@@ -223,6 +223,15 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
     all
 }
 
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    for ((name_a, data_a), (name_b, data_b)) in a.iter().zip(&b) {
+        assert_eq!(name_a, name_b);
+        assert!(data_a == data_b, "{name_a} differs");
+    }
+}
+
 fn only_run_dir(dir: &Path) -> PathBuf {
     let runs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
@@ -256,15 +265,10 @@ fn resume_follows_the_uninterrupted_run(flags: &[&str]) {
     let resumed = only_run_dir(&ws.path().join("resumed"));
 
     // Same weights and optimizer state, bit for bit, and the same validation curve.
-    let (a, b) = (
-        tensors(&full.join("step_000030.safetensors")),
-        tensors(&resumed.join("step_000030.safetensors")),
+    assert_same_tensors(
+        &full.join("step_000030.safetensors"),
+        &resumed.join("step_000030.safetensors"),
     );
-    assert_eq!(a.len(), b.len());
-    for ((name_a, data_a), (name_b, data_b)) in a.iter().zip(&b) {
-        assert_eq!(name_a, name_b);
-        assert!(data_a == data_b, "{name_a} differs after resuming");
-    }
     let (full, resumed) = (
         &ws.records("full.jsonl")[0],
         &ws.records("resumed.jsonl")[0],
@@ -296,7 +300,7 @@ fn resumed_gpt2_adamw_run_matches_the_uninterrupted_run_bitwise() {
 }
 
 #[test]
-fn resume_with_other_settings_is_refused_naming_the_difference() {
+fn resume_refuses_other_settings_and_finished_runs() {
     let ws = Workspace::new();
     ws.train(&["--max-steps", "4", "--checkpoint-every", "2", "--no-record"]);
     let checkpoint = only_run_dir(&ws.path().join("checkpoints")).join("step_000002.safetensors");
@@ -313,6 +317,21 @@ fn resume_with_other_settings_is_refused_naming_the_difference() {
     let err = fail(ws.path(), &args);
     assert!(
         err.contains("optim.matrix.lr: 0.05 in the checkpoint, 0.01 now"),
+        "{err}"
+    );
+    // Resuming the last checkpoint of a finished run would only log it twice.
+    let last = checkpoint.with_file_name("step_000004.safetensors");
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--max-steps",
+        "4",
+        "--no-record",
+        "--resume",
+        last.to_str().unwrap(),
+    ]);
+    let err = fail(ws.path(), &args);
+    assert!(
+        err.contains("is from a finished run (it has done all 4 steps)"),
         "{err}"
     );
 }
@@ -378,7 +397,7 @@ fn inconsistent_batch_flags_are_rejected_with_the_numbers() {
     args.extend(["--optimizer", "adamw", "--momentum", "0.9"]);
     let err = fail(ws.path(), &args);
     assert!(
-        err.contains("these flags apply only to --optimizer muon: --momentum"),
+        err.contains("--arch speedrun --optimizer adamw has no use for --momentum"),
         "{err}"
     );
 }
@@ -460,4 +479,30 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
             .join(format!("step_{resumed_step:06}.safetensors"))
             .exists()
     );
+}
+
+#[test]
+fn results_do_not_depend_on_the_number_of_threads() {
+    // Wide enough that the matrix products split their work across threads.
+    let ws = Workspace::new();
+    let checkpoint = |threads: &str| {
+        let dir = format!("threads{threads}");
+        ws.train(&[
+            "--threads",
+            threads,
+            "--width",
+            "256",
+            "--max-steps",
+            "6",
+            "--val-every",
+            "0",
+            "--checkpoint-every",
+            "6",
+            "--checkpoint-dir",
+            &dir,
+            "--no-record",
+        ]);
+        only_run_dir(&ws.path().join(dir)).join("step_000006.safetensors")
+    };
+    assert_same_tensors(&checkpoint("1"), &checkpoint("3"));
 }

@@ -16,7 +16,7 @@ pub struct LoaderPosition {
 }
 
 /// B·T, checked: both positive and B·T + 1 representable.
-fn batch_tokens(batch: usize, seq_len: usize) -> Result<usize, DataError> {
+fn micro_batch_tokens(batch: usize, seq_len: usize) -> Result<usize, DataError> {
     batch
         .checked_mul(seq_len)
         .filter(|&bt| bt > 0 && bt < usize::MAX)
@@ -70,7 +70,7 @@ impl TrainLoader {
         vocab_size: usize,
         start: LoaderPosition,
     ) -> Result<TrainLoader, DataError> {
-        batch_tokens(batch, seq_len)?;
+        micro_batch_tokens(batch, seq_len)?;
         let files = resolve_glob(pattern)?;
         let path = files
             .get(start.shard)
@@ -205,7 +205,7 @@ impl ValData {
 
     /// The number of validation batches of B×T tokens: val_tokens / (B·T), which must divide.
     pub fn batch_count(&self, batch: usize, seq_len: usize) -> Result<usize, DataError> {
-        let bt = batch_tokens(batch, seq_len)?;
+        let bt = micro_batch_tokens(batch, seq_len)?;
         if !self.val_tokens.is_multiple_of(bt) {
             return Err(DataError::ValNotMultiple {
                 val_tokens: self.val_tokens,

@@ -288,6 +288,8 @@ impl MarkovChain {
     }
 }
 
+const MAX_TRAIN_SHARDS: usize = 999_999;
+
 /// Parameters of a synthetic dataset.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SynthConfig {
@@ -342,6 +344,14 @@ impl SynthConfig {
                     expected: "at most 2147483647, the most one shard can hold",
                 });
             }
+        }
+        // Shard names have six digits.
+        if self.train_tokens.div_ceil(self.shard_tokens) > MAX_TRAIN_SHARDS {
+            return Err(SynthError::BadSize {
+                field: "train_tokens",
+                value: self.train_tokens,
+                expected: "at most 999999 shards of shard_tokens",
+            });
         }
         Ok(())
     }

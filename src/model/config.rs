@@ -116,7 +116,11 @@ impl ModelConfig {
             max_seq_len: o.max_seq_len.unwrap_or(1024),
             softcap: match arch {
                 Arch::Gpt2 => None,
-                Arch::Speedrun => Some(o.softcap.unwrap_or(15.0)).filter(|&cap| cap > 0.0),
+                Arch::Speedrun => match o.softcap {
+                    None => Some(15.0),
+                    Some(0.0) => None,
+                    cap => cap,
+                },
             },
             rope_base: o.rope_base.unwrap_or(10_000.0),
         };
@@ -153,6 +157,17 @@ impl ModelConfig {
             within(self.vocab, MAX_VOCAB),
             "--vocab must be in 1..={MAX_VOCAB}, not {}",
             self.vocab
+        );
+        if let Some(cap) = self.softcap {
+            ensure!(
+                cap.is_finite() && cap > 0.0,
+                "--softcap must be positive and finite (or 0 for none), not {cap}"
+            );
+        }
+        ensure!(
+            self.rope_base.is_finite() && self.rope_base > 1.0,
+            "--rope-base must be finite and above 1, not {}",
+            self.rope_base
         );
         ensure!(
             within(self.max_seq_len, MAX_CONTEXT),

@@ -147,7 +147,7 @@ impl Gpt {
         let rope_table = match config.arch {
             Arch::Gpt2 => None,
             Arch::Speedrun => {
-                let table = rope_table(config);
+                let table = rope_table(config.head_dim(), config.max_seq_len, config.rope_base);
                 let t = backend.alloc(table.len(), BufferKind::Constants)?;
                 backend.write(t, &table)?;
                 Some(t)
@@ -532,10 +532,10 @@ fn activation_grads(config: &ModelConfig, n: usize, arena: &mut Arena) -> (Activ
 }
 
 /// cos then sin of t·θ_i for t < max_seq_len and θ_i = base^(−i/(head_dim/2)), computed in f64.
-fn rope_table(config: &ModelConfig) -> Vec<f32> {
-    let half = config.head_dim() / 2;
-    let base = config.rope_base as f64;
-    let angles: Vec<f64> = (0..config.max_seq_len)
+pub(crate) fn rope_table(head_dim: usize, max_seq_len: usize, base: f32) -> Vec<f32> {
+    let half = head_dim / 2;
+    let base = base as f64;
+    let angles: Vec<f64> = (0..max_seq_len)
         .flat_map(|t| (0..half).map(move |i| t as f64 * base.powf(-(i as f64) / half as f64)))
         .collect();
     let cos = angles.iter().map(|a| a.cos() as f32);

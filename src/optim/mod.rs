@@ -81,7 +81,83 @@ pub struct OptimConfig {
     pub scalar: AdamConfig,
 }
 
+/// Checks that a hyper-parameter is finite and in `range` (described in words by `expected`).
+fn check(
+    name: &str,
+    value: f32,
+    range: impl std::ops::RangeBounds<f32>,
+    expected: &str,
+) -> Result<()> {
+    anyhow::ensure!(
+        value.is_finite() && range.contains(&value),
+        "{name} must be {expected}, not {value}"
+    );
+    Ok(())
+}
+
+const NON_NEGATIVE: &str = "finite and not negative";
+const FRACTION: &str = "in [0, 1)";
+
+impl AdamConfig {
+    fn validate(&self, group: &str) -> Result<()> {
+        check(
+            &format!("the {group} learning rate"),
+            self.lr,
+            0.0..,
+            NON_NEGATIVE,
+        )?;
+        check("Adam beta1", self.beta1, 0.0..1.0, FRACTION)?;
+        check("Adam beta2", self.beta2, 0.0..1.0, FRACTION)?;
+        check(
+            "Adam epsilon",
+            self.eps,
+            f32::MIN_POSITIVE..,
+            "positive and finite",
+        )?;
+        check(
+            &format!("the {group} weight decay"),
+            self.weight_decay,
+            0.0..,
+            NON_NEGATIVE,
+        )
+    }
+}
+
+impl MuonConfig {
+    fn validate(&self) -> Result<()> {
+        check("the Muon learning rate", self.lr, 0.0.., NON_NEGATIVE)?;
+        check("the Muon momentum", self.momentum, 0.0..1.0, FRACTION)?;
+        check(
+            "the Muon warm-up momentum",
+            self.momentum_warmup_start,
+            0.0..1.0,
+            FRACTION,
+        )?;
+        check(
+            "the Muon weight decay",
+            self.weight_decay,
+            0.0..,
+            NON_NEGATIVE,
+        )?;
+        anyhow::ensure!(
+            self.ns_steps > 0,
+            "Muon needs at least one Newton–Schulz step"
+        );
+        Ok(())
+    }
+}
+
 impl OptimConfig {
+    pub fn validate(&self) -> Result<()> {
+        match &self.matrix {
+            MatrixOptimizer::Adamw(adam) => adam.validate("matrix")?,
+            MatrixOptimizer::Muon(muon) => muon.validate()?,
+        }
+        self.embedding.validate("embedding")?;
+        self.head.validate("head")?;
+        self.scalar.validate("scalar")
+    }
+
     /// Defaults of the record each architecture comes from: the speedrun's (modded-nanogpt)
     /// for `speedrun`, llm.c's GPT-2 (124M) run for `gpt2`.
     pub fn defaults(arch: Arch, kind: OptimizerKind) -> OptimConfig {

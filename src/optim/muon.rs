@@ -36,18 +36,24 @@ pub struct NewtonSchulzScratch {
 }
 
 impl NewtonSchulzScratch {
-    /// Space for `count` matrices of `rows × cols`.
+    /// Space for any one of the batches `(rows, cols, count)`: `count` matrices of
+    /// `rows × cols` each.
     pub fn new(
         backend: &mut dyn Backend,
-        rows: usize,
-        cols: usize,
-        count: usize,
+        batches: &[(usize, usize, usize)],
     ) -> Result<NewtonSchulzScratch> {
-        let small = rows.min(cols);
+        let largest = |size: fn(usize, usize) -> usize| {
+            batches
+                .iter()
+                .map(|&(rows, cols, count)| count * size(rows, cols))
+                .max()
+                .unwrap_or(0)
+        };
+        let gram = largest(|rows, cols| rows.min(cols).pow(2));
         Ok(NewtonSchulzScratch {
-            gram: backend.alloc(count * small * small, BufferKind::Scratch)?,
-            poly: backend.alloc(count * small * small, BufferKind::Scratch)?,
-            next: backend.alloc(count * rows * cols, BufferKind::Scratch)?,
+            gram: backend.alloc(gram, BufferKind::Scratch)?,
+            poly: backend.alloc(gram, BufferKind::Scratch)?,
+            next: backend.alloc(largest(|rows, cols| rows * cols), BufferKind::Scratch)?,
         })
     }
 }
@@ -164,18 +170,8 @@ impl Muon {
                 }),
             }
         }
-        // One scratch serves every set: size it for the largest.
-        let gram = sets
-            .iter()
-            .map(|s| s.count * s.rows.min(s.cols).pow(2))
-            .max()
-            .unwrap_or(0);
-        let input = sets.iter().map(MatrixSet::len).max().unwrap_or(0);
-        let scratch = NewtonSchulzScratch {
-            gram: backend.alloc(gram, BufferKind::Scratch)?,
-            poly: backend.alloc(gram, BufferKind::Scratch)?,
-            next: backend.alloc(input, BufferKind::Scratch)?,
-        };
+        let batches: Vec<_> = sets.iter().map(|s| (s.rows, s.cols, s.count)).collect();
+        let scratch = NewtonSchulzScratch::new(backend, &batches)?;
         Ok(Muon {
             param: range.param,
             grad: range.grad,

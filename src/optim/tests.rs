@@ -94,7 +94,7 @@ fn newton_schulz_output_singular_values_lie_in_the_expected_band() {
             random(count * rows * cols, (rows * cols) as u64)
         };
         b.write(x, &input).unwrap();
-        let scratch = NewtonSchulzScratch::new(&mut b, rows, cols, count).unwrap();
+        let scratch = NewtonSchulzScratch::new(&mut b, &[(rows, cols, count)]).unwrap();
         newton_schulz(&mut b, x, rows, cols, count, 5, &scratch).unwrap();
         let output = b.read(x).unwrap();
         for i in 0..count {

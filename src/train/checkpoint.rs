@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -52,6 +53,59 @@ impl RunState {
             train_seconds: 0.0,
             eval_curve: Vec::new(),
         }
+    }
+}
+
+impl RunState {
+    /// Whether the state is one a run can be in; a checkpoint's is checked before it is used.
+    fn check(&self) -> Result<()> {
+        // The run id names a directory: keep it a plain name.
+        ensure!(
+            !self.run_id.is_empty()
+                && self
+                    .run_id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "run id {:?} is not a plain name",
+            self.run_id
+        );
+        ensure!(
+            self.step <= self.config.max_steps,
+            "step {} is past the run's {} steps",
+            self.step,
+            self.config.max_steps
+        );
+        let expected = self.step as u64 * self.config.batch_tokens() as u64;
+        ensure!(
+            self.tokens == expected,
+            "{} tokens after {} steps of {} tokens",
+            self.tokens,
+            self.step,
+            self.config.batch_tokens()
+        );
+        ensure!(
+            self.train_seconds.is_finite() && self.train_seconds >= 0.0,
+            "training time {} s",
+            self.train_seconds
+        );
+        ensure!(
+            self.eval_curve
+                .iter()
+                .all(|p| p.step <= self.step && p.val_loss.is_finite()),
+            "the validation curve has points past step {} or non-finite losses",
+            self.step
+        );
+        Ok(())
+    }
+
+    /// Why a run in this state has nothing left to do, if it has not.
+    pub fn finished(&self) -> Option<String> {
+        if self.step >= self.config.max_steps {
+            return Some(format!("it has done all {} steps", self.config.max_steps));
+        }
+        let target = self.config.target_loss?;
+        let last = self.eval_curve.last().filter(|p| p.step == self.step)?;
+        (last.val_loss <= target).then(|| format!("it reached the target at step {}", last.step))
     }
 }
 
@@ -116,12 +170,11 @@ pub fn save(
         ));
     }
     let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(state)?)]);
-    // safetensors writes a sibling temporary file and renames it over `path`.
-    safetensors::serialize_to_file(data, Some(metadata), path)
-        .with_context(|| format!("cannot write checkpoint {}", path.display()))?;
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync checkpoint {}", path.display()))
+    // Serialised in memory so that the file goes through the same synced write-and-rename as
+    // every other file speedrun writes.
+    let bytes = safetensors::serialize(data, Some(metadata))?;
+    crate::atomic::write_file(path, |f| f.write_all(&bytes))
+        .with_context(|| format!("cannot write checkpoint {}", path.display()))
 }
 
 /// An opened checkpoint: its run state is read, its tensors are restored on demand.
@@ -158,6 +211,9 @@ impl Checkpoint {
             path.display(),
             state.format
         );
+        state
+            .check()
+            .with_context(|| format!("{}: inconsistent run state", path.display()))?;
         Ok(Checkpoint {
             path: path.to_path_buf(),
             mmap,

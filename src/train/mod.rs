@@ -22,13 +22,17 @@ use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
 pub use schedule::Schedule;
 
+#[cfg(test)]
+mod tests;
+
 /// Most tokens in one micro-batch (with the model limits, keeps buffer sizes from overflowing).
 pub const MAX_MICRO_BATCH_TOKENS: usize = 1 << 24;
 
 /// Set (by the Ctrl-C handler) to make the loop save a checkpoint and stop after its current step.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
-/// Everything that determines a run's trajectory. A resumed run must have the same.
+/// Every setting that shapes a run's result: model, optimizer, schedule, batch, data,
+/// validation and stopping rule. A resumed run must have the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub model: ModelConfig,
@@ -61,7 +65,19 @@ impl TrainConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        self.optim.validate()?;
         self.schedule.validate()?;
+        if let Some(target) = self.target_loss {
+            ensure!(
+                target.is_finite(),
+                "--target-loss must be finite, not {target}"
+            );
+        }
+        ensure!(
+            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
+            "--grad-clip must be finite and not negative, not {}",
+            self.grad_clip
+        );
         ensure!(self.max_steps > 0, "--max-steps must be positive");
         ensure!(
             self.micro_batch > 0 && self.seq_len > 0 && self.grad_accum > 0,
@@ -74,7 +90,6 @@ impl TrainConfig {
             self.seq_len
         );
         ensure!(self.val_tokens > 0, "--val-tokens must be positive");
-        ensure!(self.grad_clip >= 0.0, "--grad-clip must not be negative");
         Ok(())
     }
 }
@@ -127,6 +142,26 @@ fn ensure_same_run(saved: &TrainConfig, current: &TrainConfig, path: &Path) -> R
     Ok(())
 }
 
+/// Sets the model's gradients to those of the mean loss over the tokens of the next
+/// `grad_accum` micro-batches, and returns that loss. `buffers` hold the token ids.
+pub fn compute_gradients(
+    backend: &mut dyn Backend,
+    model: &Gpt,
+    loader: &mut TrainLoader,
+    grad_accum: usize,
+    (inputs, targets): (&mut Vec<u32>, &mut Vec<u32>),
+) -> Result<f64> {
+    let loss_scale = 1.0 / (model.batch * model.seq_len * grad_accum) as f32;
+    model.zero_grads(backend)?;
+    let mut loss = 0.0;
+    for _ in 0..grad_accum {
+        loader.next_batch(inputs, targets)?;
+        loss += model.forward(backend, inputs, targets, Pass::Train { loss_scale })?;
+        model.backward(backend)?;
+    }
+    Ok(loss / grad_accum as f64)
+}
+
 /// Mean loss over the validation tokens.
 fn evaluate(backend: &mut dyn Backend, model: &Gpt, val: &ValData) -> Result<f64> {
     let (mut total, mut batches) = (0.0, 0);
@@ -134,7 +169,12 @@ fn evaluate(backend: &mut dyn Backend, model: &Gpt, val: &ValData) -> Result<f64
         total += model.forward(backend, &inputs, &targets, Pass::Eval)?;
         batches += 1;
     }
-    Ok(total / batches as f64)
+    let loss = total / batches as f64;
+    ensure!(
+        loss.is_finite(),
+        "training diverged: the validation loss is {loss}"
+    );
+    Ok(loss)
 }
 
 fn log_start(
@@ -211,6 +251,12 @@ pub fn train(
         Some(path) => {
             let checkpoint = Checkpoint::open(path)?;
             ensure_same_run(&checkpoint.state.config, config, path)?;
+            if let Some(why) = checkpoint.state.finished() {
+                bail!(
+                    "{} is from a finished run ({why}): nothing to resume",
+                    path.display()
+                );
+            }
             checkpoint.restore(backend, &model, &optimizer)?;
             checkpoint.state
         }
@@ -243,13 +289,12 @@ pub fn train(
     );
 
     let tokens_per_step = config.batch_tokens() as u64;
-    let loss_scale = 1.0 / config.batch_tokens() as f32;
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let progress = Progress::new(config.max_steps, run.step, options.log_every);
     let mut time_to_target = None;
     loop {
         let step = run.step;
-        let last = step == config.max_steps;
+        let last = step >= config.max_steps;
         let evaluated = run.eval_curve.last().is_some_and(|p| p.step == step);
         if !evaluated && (last || (config.val_every > 0 && step.is_multiple_of(config.val_every))) {
             let val_loss = evaluate(backend, &model, &val)?;
@@ -282,14 +327,13 @@ pub fn train(
         }
 
         let started = Instant::now();
-        model.zero_grads(backend)?;
-        let mut loss = 0.0;
-        for _ in 0..config.grad_accum {
-            loader.next_batch(&mut inputs, &mut targets)?;
-            loss += model.forward(backend, &inputs, &targets, Pass::Train { loss_scale })?;
-            model.backward(backend)?;
-        }
-        loss /= config.grad_accum as f64;
+        let loss = compute_gradients(
+            backend,
+            &model,
+            &mut loader,
+            config.grad_accum,
+            (&mut inputs, &mut targets),
+        )?;
         if config.grad_clip > 0.0 {
             let norm = backend.sum_squares(model.grad_buffer)?.sqrt();
             if norm > config.grad_clip as f64 {

@@ -28,17 +28,19 @@ impl Schedule {
         Ok(())
     }
 
-    /// Multiplier of every learning rate at `step` (0-based) of a run of `max_steps`.
+    /// Multiplier of every learning rate at `step` (0-based) of a run of `max_steps`. The
+    /// cool-down starts at the later of the end of the warm-up and `max_steps·(1 − cooldown_frac)`,
+    /// so that a warm-up reaching into the cool-down region hands over without a jump.
     pub fn lr_scale(&self, step: usize, max_steps: usize) -> f32 {
         if step < self.warmup_steps {
             return (step + 1) as f32 / self.warmup_steps as f32;
         }
-        let progress = step as f64 / max_steps as f64;
-        let cooldown = self.cooldown_frac as f64;
-        if cooldown == 0.0 || progress < 1.0 - cooldown {
+        let (step, end) = (step as f64, max_steps as f64);
+        let start = (end * (1.0 - self.cooldown_frac as f64)).max(self.warmup_steps as f64);
+        if step < start || start >= end {
             return 1.0;
         }
-        let w = ((1.0 - progress) / cooldown).clamp(0.0, 1.0);
+        let w = ((end - step) / (end - start)).clamp(0.0, 1.0);
         (w + (1.0 - w) * self.final_lr_frac as f64) as f32
     }
 }
@@ -65,6 +67,22 @@ mod tests {
             (80, 0.55),   // w = (1 − 0.8)/0.4 = 0.5 → 0.5 + 0.5·0.1
             (99, 0.1225), // w = 0.01/0.4 = 0.025 → 0.025 + 0.975·0.1
         ];
+        for (step, want) in expected {
+            let got = s.lr_scale(step, 100);
+            assert!((got - want).abs() < 1e-6, "step {step}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn decay_starts_where_an_overlapping_warmup_ends() {
+        // gpt2 defaults on 100 steps: warm-up 10, decay over the whole run to 0. The decay
+        // then runs from step 10 (1.0) to step 100 (0.0): step 55 is half-way.
+        let s = Schedule {
+            warmup_steps: 10,
+            cooldown_frac: 1.0,
+            final_lr_frac: 0.0,
+        };
+        let expected = [(9, 1.0), (10, 1.0), (55, 0.5), (91, 0.1), (99, 1.0 / 90.0)];
         for (step, want) in expected {
             let got = s.lr_scale(step, 100);
             assert!((got - want).abs() < 1e-6, "step {step}: {got} vs {want}");
