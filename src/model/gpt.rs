@@ -227,6 +227,43 @@ impl Gpt {
         self.acts.residual3.chunk(l - 1, l)
     }
 
+    /// The norm at `site`: views of its output, statistics and (gpt2) parameters.
+    fn norm(&self, site: Site) -> Norm {
+        let (p, g, a, layers) = (&self.params, &self.grads, &self.acts, self.config.layers);
+        let at = |t: Tensor| match site {
+            Site::Attention(l) | Site::Mlp(l) => t.chunk(l, layers),
+            Site::Final => t,
+        };
+        let (out, rstd, mean, weight, bias, dweight, dbias) = match site {
+            Site::Attention(_) => (
+                a.ln1, a.ln1_rstd, a.ln1_mean, p.ln1w, p.ln1b, g.ln1w, g.ln1b,
+            ),
+            Site::Mlp(_) => (
+                a.ln2, a.ln2_rstd, a.ln2_mean, p.ln2w, p.ln2b, g.ln2w, g.ln2b,
+            ),
+            Site::Final => (
+                a.lnf, a.lnf_rstd, a.lnf_mean, p.lnfw, p.lnfb, g.lnfw, g.lnfb,
+            ),
+        };
+        let layer_norm = match (mean, weight, bias, dweight, dbias) {
+            (Some(mean), Some(weight), Some(bias), Some(dweight), Some(dbias)) => {
+                Some(LayerNormState {
+                    mean: at(mean),
+                    weight: at(weight),
+                    bias: at(bias),
+                    dweight: at(dweight),
+                    dbias: at(dbias),
+                })
+            }
+            _ => None,
+        };
+        Norm {
+            out: at(out),
+            rstd: at(rstd),
+            layer_norm,
+        }
+    }
+
     /// Runs the model on one micro-batch and returns the mean loss over its tokens.
     pub fn forward(
         &self,
@@ -254,8 +291,7 @@ impl Gpt {
             let at = |t: Tensor| t.chunk(l, layers);
             let x = self.layer_input(l);
             // Attention block.
-            let (ln1w, ln1b, ln1_mean) = (p.ln1w.map(at), p.ln1b.map(at), a.ln1_mean.map(at));
-            norm_forward(b, at(a.ln1), ln1_mean, at(a.ln1_rstd), x, ln1w, ln1b, c)?;
+            self.norm(Site::Attention(l)).forward(b, x, c)?;
             b.matmul_forward(
                 at(a.qkv),
                 at(a.ln1),
@@ -283,18 +319,7 @@ impl Gpt {
             b.matmul_forward(at(a.attproj), at(a.atty), at(p.attprojw), attprojb, n, c, c)?;
             b.add(at(a.residual2), x, at(a.attproj))?;
             // MLP block.
-            let (ln2w, ln2b, ln2_mean) = (p.ln2w.map(at), p.ln2b.map(at), a.ln2_mean.map(at));
-            let residual2 = at(a.residual2);
-            norm_forward(
-                b,
-                at(a.ln2),
-                ln2_mean,
-                at(a.ln2_rstd),
-                residual2,
-                ln2w,
-                ln2b,
-                c,
-            )?;
+            self.norm(Site::Mlp(l)).forward(b, at(a.residual2), c)?;
             b.matmul_forward(at(a.fch), at(a.ln2), at(p.fcw), p.fcb.map(at), n, c, 4 * c)?;
             match self.config.arch {
                 Arch::Gpt2 => b.gelu_forward(at(a.fch_act), at(a.fch))?,
@@ -312,10 +337,8 @@ impl Gpt {
             )?;
             b.add(at(a.residual3), at(a.residual2), at(a.fcproj))?;
         }
-        let residual = self.final_residual();
-        norm_forward(
-            b, a.lnf, a.lnf_mean, a.lnf_rstd, residual, p.lnfw, p.lnfb, c,
-        )?;
+        self.norm(Site::Final)
+            .forward(b, self.final_residual(), c)?;
         let vocab = self.config.padded_vocab;
         b.matmul_forward(a.logits, a.lnf, p.head(), None, n, c, vocab)?;
         let loss_scale = match pass {
@@ -343,9 +366,8 @@ impl Gpt {
         let vocab = self.config.padded_vocab;
         b.matmul_backward(d.ln, g.head(), None, a.logits, a.lnf, p.head(), n, c, vocab)?;
         b.fill(d.residual, 0.0)?;
-        let residual = self.final_residual();
-        let norm_f = (a.lnf_mean, a.lnf_rstd, p.lnfw, g.lnfw, g.lnfb, p.lnfb);
-        norm_backward(b, d.residual, d.ln, residual, norm_f, c)?;
+        self.norm(Site::Final)
+            .backward(b, d.residual, d.ln, self.final_residual(), c)?;
 
         for l in (0..layers).rev() {
             let at = |t: Tensor| t.chunk(l, layers);
@@ -370,15 +392,8 @@ impl Gpt {
             }
             let (fcw, fcb) = (at(g.fcw), g.fcb.map(at));
             b.matmul_backward(d.ln, fcw, fcb, d.fch, at(a.ln2), at(p.fcw), n, c, 4 * c)?;
-            let norm2 = (
-                a.ln2_mean.map(at),
-                at(a.ln2_rstd),
-                p.ln2w.map(at),
-                g.ln2w.map(at),
-                g.ln2b.map(at),
-                p.ln2b.map(at),
-            );
-            norm_backward(b, d.residual, d.ln, at(a.residual2), norm2, c)?;
+            self.norm(Site::Mlp(l))
+                .backward(b, d.residual, d.ln, at(a.residual2), c)?;
             // Attention block.
             let (attprojw, attprojb) = (at(g.attprojw), g.attprojb.map(at));
             let atty = at(a.atty);
@@ -405,15 +420,8 @@ impl Gpt {
             }
             let (qkvw, qkvb) = (at(g.qkvw), g.qkvb.map(at));
             b.matmul_backward(d.ln, qkvw, qkvb, d.qkv, at(a.ln1), at(p.qkvw), n, c, 3 * c)?;
-            let norm1 = (
-                a.ln1_mean.map(at),
-                at(a.ln1_rstd),
-                p.ln1w.map(at),
-                g.ln1w.map(at),
-                g.ln1b.map(at),
-                p.ln1b.map(at),
-            );
-            norm_backward(b, d.residual, d.ln, x, norm1, c)?;
+            self.norm(Site::Attention(l))
+                .backward(b, d.residual, d.ln, x, c)?;
         }
 
         // Embeddings: the residual gradient reaches them directly (gpt2) or through the
@@ -430,49 +438,55 @@ impl Gpt {
     }
 }
 
-/// LayerNorm where the model has its statistics and parameters (gpt2), else RMSNorm.
-fn norm_forward(
-    b: &mut dyn Backend,
-    out: Tensor,
-    mean: Option<Tensor>,
-    rstd: Tensor,
-    inp: Tensor,
-    weight: Option<Tensor>,
-    bias: Option<Tensor>,
-    c: usize,
-) -> Result<()> {
-    match (mean, weight, bias) {
-        (Some(mean), Some(weight), Some(bias)) => {
-            b.layernorm_forward(out, mean, rstd, inp, weight, bias, c)
-        }
-        _ => b.rmsnorm_forward(out, rstd, inp, c),
-    }
+/// Where a normalisation sits: before the attention or the MLP of a layer, or before the head.
+#[derive(Clone, Copy)]
+enum Site {
+    Attention(usize),
+    Mlp(usize),
+    Final,
 }
 
-/// A norm's saved state for the backward pass: (mean, rstd, weight, dweight, dbias, bias).
-type NormState = (
-    Option<Tensor>,
-    Tensor,
-    Option<Tensor>,
-    Option<Tensor>,
-    Option<Tensor>,
-    Option<Tensor>,
-);
+/// One normalisation: its output and saved statistics and, for LayerNorm (gpt2), its mean,
+/// parameters and their gradients. Without them it is RMSNorm (speedrun).
+struct Norm {
+    out: Tensor,
+    rstd: Tensor,
+    layer_norm: Option<LayerNormState>,
+}
 
-/// Adds the gradient through a norm into `dinp` (the residual stream's gradient).
-fn norm_backward(
-    b: &mut dyn Backend,
-    dinp: Tensor,
-    dout: Tensor,
-    inp: Tensor,
-    (mean, rstd, weight, dweight, dbias, bias): NormState,
-    c: usize,
-) -> Result<()> {
-    match (mean, weight, dweight, dbias, bias) {
-        (Some(mean), Some(weight), Some(dweight), Some(dbias), Some(_)) => {
-            b.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd, c)
+struct LayerNormState {
+    mean: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    dweight: Tensor,
+    dbias: Tensor,
+}
+
+impl Norm {
+    fn forward(&self, b: &mut dyn Backend, inp: Tensor, c: usize) -> Result<()> {
+        match &self.layer_norm {
+            Some(ln) => {
+                b.layernorm_forward(self.out, ln.mean, self.rstd, inp, ln.weight, ln.bias, c)
+            }
+            None => b.rmsnorm_forward(self.out, self.rstd, inp, c),
         }
-        _ => b.rmsnorm_backward(dinp, dout, inp, rstd, c),
+    }
+
+    /// Adds the gradient through the norm into `dinp` (the residual stream's gradient).
+    fn backward(
+        &self,
+        b: &mut dyn Backend,
+        dinp: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        c: usize,
+    ) -> Result<()> {
+        match &self.layer_norm {
+            Some(ln) => b.layernorm_backward(
+                dinp, ln.dweight, ln.dbias, dout, inp, ln.weight, ln.mean, self.rstd, c,
+            ),
+            None => b.rmsnorm_backward(dinp, dout, inp, self.rstd, c),
+        }
     }
 }
 
