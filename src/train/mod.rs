@@ -223,10 +223,13 @@ fn log_start(
             "off".into()
         }
     );
+    let when = match config.val_every {
+        0 => "at the end".to_string(),
+        n => format!("every {n} steps and at the end"),
+    };
     info!(
-        "validation: '{}' every {} steps; target loss {}",
+        "validation: '{}' {when}; target loss {}",
         config.val_data,
-        config.val_every,
         config.target_loss.map_or("none".into(), |t| t.to_string())
     );
     if run.step > 0 {
