@@ -7,19 +7,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release
-bin=target/release/speedrun
+speedrun() { cargo run --release --quiet -- "$@"; }
 data=data/synth
-[ -f "$data/synth.json" ] || "$bin" data synth --out "$data"
+[ -f "$data/synth.json" ] || speedrun data synth --out "$data"
 
 rate=$(sed -n 's/.*"entropy_rate": *\([0-9.eE+-]*\).*/\1/p' "$data/synth.json")
 target=$(awk -v r="$rate" 'BEGIN { printf "%.4f", r + 0.05 }')
 echo "entropy rate of the data: $rate nats/token; target validation loss: $target"
 
 for optimizer in muon adamw; do
-    "$bin" train --device cpu --model tiny --vocab 64 --context 64 --seq-len 64 \
+    speedrun train --device cpu --model tiny --vocab 64 --context 64 --seq-len 64 \
         --micro-batch 16 --batch-tokens 4096 --max-steps 500 --val-every 25 --val-tokens 65536 \
         --train-data "$data/synth_train_*.bin" --val-data "$data/synth_val_*.bin" \
         --optimizer "$optimizer" --target-loss "$target" --records records/cpu-demo.jsonl "$@"
 done
 
-"$bin" records --file records/cpu-demo.jsonl
+speedrun records --file records/cpu-demo.jsonl
