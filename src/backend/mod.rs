@@ -231,8 +231,10 @@ pub trait Backend {
     ) -> Result<()>;
 
     /// Rotary embedding, in place, on the q and k parts of `qkv` (batch·seq_len, 3·channels).
-    /// Dimension `i` of a head pairs with `i + head_dim/2` and turns by angle `t·θ_i`; `table`
-    /// holds cos then sin, each (max_seq_len, head_dim/2).
+    /// Dimension `i` of a head pairs with `i + head_dim/2` and turns by angle `t·θ_i`. `table`
+    /// has one row of head_dim values per position t: cos(t·θ_i) for i < head_dim/2, then
+    /// sin(t·θ_i); its first row is used for position 0 of each sequence (so a slice starting
+    /// at row p serves a sequence that starts at position p).
     fn rope_forward(&mut self, qkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()>;
     /// The inverse rotation, in place on the gradient.
     fn rope_backward(&mut self, dqkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()>;
@@ -281,6 +283,19 @@ pub trait Backend {
         out: Tensor,
         lse: Tensor,
         shape: AttentionShape,
+    ) -> Result<()>;
+
+    /// Attention of one new position over a key/value cache, for generation: `qkv` is the new
+    /// position's row (3·channels wide; only its q part is read), `keys` and `values` hold
+    /// (len, channels) cached rows, the new position's last. Writes the `channels`-wide `out`.
+    fn attention_decode(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        heads: usize,
+        channels: usize,
     ) -> Result<()>;
 
     /// GELU, tanh approximation.

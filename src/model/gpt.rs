@@ -104,7 +104,7 @@ pub struct Gpt {
     act_grads: ActivationGrads,
     inputs: TokenTensor,
     targets: TokenTensor,
-    /// speedrun: cos then sin, each (max_seq_len, head_dim/2).
+    /// speedrun: per position, cos then sin of its angles: (max_seq_len, head_dim).
     rope_table: Option<Tensor>,
 }
 
@@ -193,6 +193,12 @@ impl Gpt {
             backend.write(spec.tensor, &values)?;
         }
         Ok(())
+    }
+
+    /// The logits of the last forward pass in evaluation mode, soft-capped: (rows, padded
+    /// vocab). (A training pass overwrites them with their gradient.)
+    pub fn logits(&self, backend: &mut dyn Backend) -> Result<Vec<f32>> {
+        backend.read(self.acts.logits)
     }
 
     pub fn zero_grads(&self, backend: &mut dyn Backend) -> Result<()> {
@@ -545,14 +551,16 @@ fn activation_grads(config: &ModelConfig, n: usize, arena: &mut Arena) -> (Activ
     (grads, arena.next)
 }
 
-/// cos then sin of t·θ_i for t < max_seq_len and θ_i = base^(−i/(head_dim/2)), computed in f64.
+/// The rotary table: for each position t < max_seq_len, cos(t·θ_i) then sin(t·θ_i) for
+/// i < head_dim/2, with θ_i = base^(−i/(head_dim/2)); computed in f64.
 pub(crate) fn rope_table(head_dim: usize, max_seq_len: usize, base: f32) -> Vec<f32> {
     let half = head_dim / 2;
     let base = base as f64;
-    let angles: Vec<f64> = (0..max_seq_len)
-        .flat_map(|t| (0..half).map(move |i| t as f64 * base.powf(-(i as f64) / half as f64)))
-        .collect();
-    let cos = angles.iter().map(|a| a.cos() as f32);
-    let sin = angles.iter().map(|a| a.sin() as f32);
-    cos.chain(sin).collect()
+    let mut table = Vec::with_capacity(max_seq_len * head_dim);
+    for t in 0..max_seq_len {
+        let angle = |i: usize| t as f64 * base.powf(-(i as f64) / half as f64);
+        table.extend((0..half).map(|i| angle(i).cos() as f32));
+        table.extend((0..half).map(|i| angle(i).sin() as f32));
+    }
+    table
 }

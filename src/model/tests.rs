@@ -5,7 +5,10 @@
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{Arch, Gpt, ModelConfig, ModelOverrides, ModelSize, ParamSpec, Pass, num_params};
+use super::{
+    Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, ParamSpec, Pass, num_params,
+    sample_token,
+};
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 
@@ -27,12 +30,16 @@ fn speedrun_d12_parameter_count_matches_hand_count() {
 
 #[test]
 fn rope_table_holds_the_rotary_angles() {
-    // head_dim 4: θ_0 = 1, θ_1 = 10000^(−1/2) = 0.01; angles t·θ_i, cos block then sin block.
+    // head_dim 4: θ_0 = 1, θ_1 = 10000^(−1/2) = 0.01; per position t: cos(t·θ), sin(t·θ).
     let table = super::gpt::rope_table(4, 3, 10_000.0);
-    let angles: [f64; 6] = [0.0, 0.0, 1.0, 0.01, 2.0, 0.02];
-    let cos = angles.iter().map(|a| a.cos() as f32);
-    let sin = angles.iter().map(|a| a.sin() as f32);
-    let want: Vec<f32> = cos.chain(sin).collect();
+    let want: Vec<f32> = [[0.0, 0.0], [1.0, 0.01], [2.0, 0.02]]
+        .iter()
+        .flat_map(|angles: &[f64; 2]| {
+            let cos = angles.map(|a| a.cos() as f32);
+            let sin = angles.map(|a| a.sin() as f32);
+            [cos, sin].concat()
+        })
+        .collect();
     assert_eq!(table.len(), want.len());
     for (got, want) in table.iter().zip(&want) {
         assert!((got - want).abs() < 1e-7, "{table:?} vs {want:?}");
@@ -210,4 +217,63 @@ fn f32_backend_matches_f64_backend() {
             );
         }
     }
+}
+
+#[test]
+fn decoding_with_the_cache_gives_the_logits_of_the_full_forward_pass() {
+    for arch in [Arch::Gpt2, Arch::Speedrun] {
+        let config = tiny(arch);
+        let t = config.max_seq_len;
+        let mut backend = CpuBackend::<f64>::new();
+        let model = Gpt::new(&mut backend, &config, 1, t).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let params = random_params(&model, &mut rng);
+        backend.write(model.param_buffer, &params).unwrap();
+        let tokens = random_tokens(t, config.vocab, &mut rng);
+        model
+            .forward(&mut backend, &tokens, &tokens, Pass::Eval)
+            .unwrap();
+        let full = model.logits(&mut backend).unwrap();
+
+        let mut decoder = Decoder::new(&mut backend, &config).unwrap();
+        backend.write(decoder.param_buffer, &params).unwrap();
+        for (pos, &token) in tokens.iter().enumerate() {
+            let logits = decoder.step(&mut backend, token).unwrap();
+            let want = &full[pos * config.padded_vocab..][..config.vocab];
+            for (got, want) in logits.iter().zip(want) {
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{arch:?} position {pos}: {got} vs {want}"
+                );
+            }
+        }
+        let err = decoder.step(&mut backend, 0).unwrap_err();
+        assert!(
+            err.to_string().contains("context of 6 tokens is full"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn sampling_is_greedy_at_zero_temperature_and_follows_the_softmax_otherwise() {
+    let logits = [0.0, 2f32.ln(), 4f32.ln(), -1e9];
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    assert_eq!(sample_token(&logits, 0.0, 0, &mut rng), 2);
+    assert_eq!(sample_token(&logits, 1.0, 1, &mut rng), 2);
+    // Probabilities 1/7, 2/7, 4/7: counts within 5 standard deviations.
+    let n = 70_000;
+    let mut counts = [0usize; 4];
+    for _ in 0..n {
+        counts[sample_token(&logits, 1.0, 0, &mut rng) as usize] += 1;
+    }
+    for (count, p) in counts.iter().zip([1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0, 0.0]) {
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (*count as f64 - n as f64 * p).abs() <= 5.0 * sd + 1e-9,
+            "{counts:?}"
+        );
+    }
+    // Top-2 never draws the third most likely token.
+    assert!((0..1000).all(|_| sample_token(&logits, 1.0, 2, &mut rng) != 0));
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainConfig;
 use crate::backend::{Backend, Tensor};
 use crate::data::LoaderPosition;
-use crate::model::Gpt;
+use crate::model::{Gpt, ParamSpec};
 use crate::optim::Optimizer;
 use crate::records::EvalPoint;
 
@@ -131,15 +131,17 @@ impl View for F32Tensor {
 
 /// Every tensor a checkpoint holds for this model and optimizer: (name, shape, tensor).
 fn tensors(model: &Gpt, optimizer: &Optimizer) -> Vec<(String, Vec<usize>, Tensor)> {
-    let params = model
-        .specs
-        .iter()
-        .map(|s| (format!("param.{}", s.name), s.shape.clone(), s.tensor));
     let state = optimizer
         .state()
         .into_iter()
         .map(|(name, t)| (format!("optim.{name}"), vec![t.len], t));
-    params.chain(state).collect()
+    param_tensors(&model.specs).chain(state).collect()
+}
+
+fn param_tensors(specs: &[ParamSpec]) -> impl Iterator<Item = (String, Vec<usize>, Tensor)> + '_ {
+    specs
+        .iter()
+        .map(|s| (format!("param.{}", s.name), s.shape.clone(), s.tensor))
 }
 
 /// The file name of the checkpoint of `run_id` after `step` steps, under `dir`.
@@ -228,9 +230,22 @@ impl Checkpoint {
         model: &Gpt,
         optimizer: &Optimizer,
     ) -> Result<()> {
+        self.load(backend, tensors(model, optimizer))
+    }
+
+    /// Writes the parameters alone into the views `specs` describe (for generation).
+    pub fn restore_params(&self, backend: &mut dyn Backend, specs: &[ParamSpec]) -> Result<()> {
+        self.load(backend, param_tensors(specs))
+    }
+
+    fn load(
+        &self,
+        backend: &mut dyn Backend,
+        tensors: impl IntoIterator<Item = (String, Vec<usize>, Tensor)>,
+    ) -> Result<()> {
         let file = SafeTensors::deserialize(&self.mmap)
             .with_context(|| format!("{}: corrupt safetensors data", self.path.display()))?;
-        for (name, shape, tensor) in tensors(model, optimizer) {
+        for (name, shape, tensor) in tensors {
             let view = file
                 .tensor(&name)
                 .with_context(|| format!("{}: no tensor '{name}'", self.path.display()))?;

@@ -146,6 +146,41 @@ pub(super) fn backward<F: Real>(
     );
 }
 
+/// One query row against `len` cached keys and values, head by head.
+pub(super) fn decode<F: Real>(
+    out: &mut [F],
+    qkv: &[F],
+    keys: &[F],
+    values: &[F],
+    heads: usize,
+    c: usize,
+) {
+    let hd = c / heads;
+    let len = keys.len() / c;
+    expect_len("decode qkv row", qkv.len(), 3 * c);
+    expect_len("decode output", out.len(), c);
+    expect_len("decode keys", keys.len(), len * c);
+    expect_len("decode values", values.len(), len * c);
+    expect_len("decode head width", hd * heads, c);
+    let scale = F::one() / F::of(hd as f64).sqrt();
+    out.par_chunks_mut(hd).enumerate().for_each(|(h, y)| {
+        let q = &qkv[h * hd..(h + 1) * hd];
+        let key = |j: usize| &keys[j * c + h * hd..][..hd];
+        let value = |j: usize| &values[j * c + h * hd..][..hd];
+        let dot = |a: &[F], b: &[F]| a.iter().zip(b).map(|(&x, &y)| x * y).sum::<F>();
+        let scores: Vec<F> = (0..len).map(|j| dot(q, key(j)) * scale).collect();
+        let max = scores.iter().copied().fold(F::neg_infinity(), F::max);
+        let weights: Vec<F> = scores.iter().map(|&s| (s - max).exp()).collect();
+        let sum: F = weights.iter().copied().sum();
+        y.fill(F::zero());
+        for (j, &w) in weights.iter().enumerate() {
+            for (y, &v) in y.iter_mut().zip(value(j)) {
+                *y += w / sum * v;
+            }
+        }
+    });
+}
+
 /// Rotates each (i, i + head_dim/2) pair of every q and k head by angle t·θ_i, in place; the
 /// inverse rotation (the transpose, for the backward pass) when `inverse`.
 pub(super) fn rope<F: Real>(qkv: &mut [F], table: &[F], s: AttentionShape, inverse: bool) {
@@ -155,10 +190,9 @@ pub(super) fn rope<F: Real>(qkv: &mut [F], table: &[F], s: AttentionShape, inver
     expect_len("rope table", table.len(), max_len * hd);
     expect_len("rope qkv", qkv.len(), s.rows() * 3 * c);
     assert!(s.seq_len <= max_len, "rope table shorter than the sequence");
-    let (cos, sin) = table.split_at(max_len * half);
     qkv.par_chunks_mut(3 * c).enumerate().for_each(|(row, x)| {
         let pos = row % s.seq_len;
-        let (cos, sin) = (&cos[pos * half..][..half], &sin[pos * half..][..half]);
+        let (cos, sin) = table[pos * hd..(pos + 1) * hd].split_at(half);
         for head in x[..2 * c].chunks_exact_mut(hd) {
             let (x1, x2) = head.split_at_mut(half);
             for i in 0..half {

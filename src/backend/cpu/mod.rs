@@ -462,6 +462,27 @@ impl<F: Real> Backend for CpuBackend<F> {
         Ok(())
     }
 
+    fn attention_decode(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let mut v = self.views();
+        attention::decode(
+            v.mutable(out),
+            v.shared(qkv),
+            v.shared(keys),
+            v.shared(values),
+            heads,
+            channels,
+        );
+        Ok(())
+    }
+
     fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
         let mut v = self.views();
         activation::gelu_forward(v.mutable(out), v.shared(inp));

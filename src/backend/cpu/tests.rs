@@ -142,13 +142,17 @@ fn qk_norm_normalises_each_head_copies_v_and_backward_matches_finite_differences
     assert_close("dqkv", &dqkv, &num, FD_TOL);
 }
 
-/// The cos/sin table the model builds, for `seq_len` positions.
+/// The rotary table in f64, laid out as the model lays it out, for `seq_len` positions.
 fn rope_table(seq_len: usize, head_dim: usize) -> Vec<f64> {
     let half = head_dim / 2;
     let angle = |t: usize, i: usize| t as f64 * 10_000f64.powf(-(i as f64) / half as f64);
-    let cos = (0..seq_len).flat_map(|t| (0..half).map(move |i| angle(t, i).cos()));
-    let sin = (0..seq_len).flat_map(|t| (0..half).map(move |i| angle(t, i).sin()));
-    cos.chain(sin).collect()
+    (0..seq_len)
+        .flat_map(|t| {
+            let cos = (0..half).map(move |i| angle(t, i).cos());
+            let sin = (0..half).map(move |i| angle(t, i).sin());
+            cos.chain(sin)
+        })
+        .collect()
 }
 
 #[test]
@@ -243,6 +247,31 @@ fn attention_matches_reference_and_backward_matches_finite_differences() {
     attention::backward(&mut dqkv, &dy, &qkv, &out, &lse, s);
     let num = numeric_gradient(&qkv, |qkv| dot(&dy, &forward(qkv).0));
     assert_close("dqkv", &dqkv, &num, FD_TOL);
+}
+
+#[test]
+fn attention_decode_over_a_cache_matches_the_last_row_of_full_attention() {
+    let s = AttentionShape {
+        batch: 1,
+        seq_len: 6,
+        heads: 2,
+        channels: 8,
+    };
+    let c = s.channels;
+    let qkv: Vec<f64> = random(s.rows() * 3 * c, 45)
+        .iter()
+        .map(|x| 2.0 * x)
+        .collect();
+    let (want, _) = reference_attention(&qkv, s);
+    for len in 1..=s.seq_len {
+        let rows = || qkv.chunks(3 * c).take(len);
+        let keys: Vec<f64> = rows().flat_map(|r| r[c..2 * c].to_vec()).collect();
+        let values: Vec<f64> = rows().flat_map(|r| r[2 * c..].to_vec()).collect();
+        let mut out = vec![f64::NAN; c];
+        let last = &qkv[(len - 1) * 3 * c..len * 3 * c];
+        attention::decode(&mut out, last, &keys, &values, s.heads, c);
+        assert_close("decode", &out, &want[(len - 1) * c..len * c], 1e-12);
+    }
 }
 
 #[test]
