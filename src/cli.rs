@@ -1,19 +1,24 @@
 //! The command line: `speedrun [train] …`, `speedrun data synth …`, `speedrun records …`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
-use crate::data::{SynthConfig, write_synth_dataset};
-use crate::model::{Arch, ModelConfig, ModelOverrides, ModelSize};
+use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
+use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
+use crate::model::{Arch, Decoder, ModelConfig, ModelOverrides, ModelSize, sample_token};
 use crate::optim::{AdamConfig, MatrixOptimizer, OptimConfig, OptimizerKind};
 use crate::records;
+use crate::train::checkpoint::Checkpoint;
 use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
 
 #[derive(Parser, Debug)]
@@ -43,6 +48,8 @@ enum Command {
     Data(DataCommand),
     /// Print the records log as a markdown table, oldest run first.
     Records(RecordsArgs),
+    /// Generate text from a trained checkpoint (with a key/value cache).
+    Sample(SampleArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,6 +57,16 @@ enum DataCommand {
     /// Write train/val shards sampled from a random sparse Markov chain whose entropy rate (the
     /// lowest loss any model can reach) is known exactly: for tests and CPU demos.
     Synth(SynthArgs),
+    /// Print a shard's header, token statistics and a decoded excerpt; a bad file gets the
+    /// same errors as in training.
+    Inspect(InspectArgs),
+    /// Turn text files and JSON Lines files into GPT-2 token shards: an end-of-text token
+    /// (50256) before each document, the first --val-tokens tokens to validation shards
+    /// (<prefix>_val_000000.bin, …), the rest to training shards (<prefix>_train_000001.bin, …).
+    Prepare(PrepareArgs),
+    /// Download the GPT-2-tokenised FineWeb-10B shards the NanoGPT speedrun trains on (the
+    /// Hugging Face dataset kjj0/fineweb10B-gpt2), resuming partial files and checking each.
+    Fineweb(FinewebArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -251,6 +268,96 @@ struct SynthArgs {
 }
 
 #[derive(Args, Debug)]
+struct PrepareArgs {
+    /// Inputs: .jsonl/.json/.ndjson files hold one JSON object per line whose string "text"
+    /// field is a document; any other file is one document of UTF-8 text.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output directory; it must not already hold shards with the same prefix (delete them or
+    /// choose another --out or --prefix).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shard names start with this.
+    #[arg(long, default_value = prepare::DEFAULT_PREFIX)]
+    prefix: String,
+    /// Tokens set aside for validation, from the start of the token stream. Validation reads
+    /// one token more than it evaluates: the default is the speedrun's 10485760 + 1.
+    #[arg(long, default_value_t = prepare::DEFAULT_VAL_TOKENS)]
+    val_tokens: usize,
+    /// Most tokens per shard.
+    #[arg(long, default_value_t = prepare::DEFAULT_SHARD_TOKENS)]
+    shard_tokens: usize,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct FinewebArgs {
+    /// Training shards to fetch (100M tokens, about 200 MB each; the dataset has 103), besides
+    /// the validation shard.
+    #[arg(long)]
+    train_shards: usize,
+    /// Directory of the shards (where `speedrun train` looks by default).
+    #[arg(long, default_value = fineweb::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Files are fetched from <base-url>/<file>.
+    #[arg(long, default_value = fineweb::DEFAULT_BASE_URL)]
+    base_url: String,
+    /// Further attempts after a network error, timeout or server error.
+    #[arg(long, default_value_t = fineweb::DEFAULT_RETRIES)]
+    retries: usize,
+    /// Seconds to wait for a connection or for data before trying again.
+    #[arg(long, default_value_t = fineweb::DEFAULT_TIMEOUT.as_secs())]
+    timeout: u64,
+}
+
+#[derive(Args, Debug)]
+struct InspectArgs {
+    /// Token shard(s) (.bin).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// How many of the most frequent tokens to list.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// How many tokens of the shard's start to show.
+    #[arg(long, default_value_t = 64)]
+    excerpt: usize,
+}
+
+#[derive(Args, Debug)]
+struct SampleArgs {
+    /// A checkpoint written by `speedrun train`.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to continue, encoded with GPT-2's tokenizer (models with GPT-2's vocabulary);
+    /// without it, generation starts after an end-of-text token.
+    #[arg(long, conflicts_with = "prompt_tokens")]
+    prompt: Option<String>,
+    /// Token ids to continue, comma-separated (for models with a vocabulary of their own).
+    #[arg(long, value_delimiter = ',')]
+    prompt_tokens: Option<Vec<u32>>,
+    /// Tokens to generate; prompt and generation must fit in the model's context.
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// Softmax temperature; 0 always picks the most likely token.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Sample among the k most likely tokens only (0: among all).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
 struct RecordsArgs {
     /// The records log.
     #[arg(long, default_value = "records/records.jsonl")]
@@ -399,17 +506,8 @@ impl TrainArgs {
     }
 
     fn run(&self) -> Result<()> {
-        if let Some(threads) = self.threads {
-            ensure!(threads > 0, "--threads must be positive");
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build_global()
-                .context("cannot start the CPU thread pool")?;
-        }
         let config = self.config()?;
-        let mut backend: Box<dyn Backend> = match self.device {
-            Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
-        };
+        let mut backend = open_backend(self.device, self.threads)?;
         let options = RunOptions {
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_every: self.checkpoint_every,
@@ -440,6 +538,137 @@ impl TrainArgs {
         );
         Ok(())
     }
+}
+
+/// Sizes the CPU thread pool (default: all cores).
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(threads) = threads {
+        ensure!(threads > 0, "--threads must be positive");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("cannot start the CPU thread pool")?;
+    }
+    Ok(())
+}
+
+/// The backend for `device`, with `threads` CPU threads.
+fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>> {
+    set_threads(threads)?;
+    Ok(match device {
+        Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
+    })
+}
+
+fn prepare_shards(args: &PrepareArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    let options = prepare::PrepareOptions {
+        prefix: args.prefix.clone(),
+        val_tokens: args.val_tokens,
+        shard_tokens: args.shard_tokens,
+        ..prepare::PrepareOptions::new(args.inputs.clone(), &args.out)
+    };
+    // prepare() logs what it wrote.
+    prepare::prepare(&options)?;
+    Ok(())
+}
+
+fn download_fineweb(args: &FinewebArgs) -> Result<()> {
+    ensure!(args.timeout > 0, "--timeout must be positive");
+    let options = fineweb::DownloadOptions {
+        base_url: args.base_url.clone(),
+        retries: args.retries,
+        timeout: std::time::Duration::from_secs(args.timeout),
+        ..fineweb::DownloadOptions::new(&args.dir, args.train_shards)
+    };
+    let summary = fineweb::download(&options)?;
+    info!(
+        "{} shard(s) in {}: {} already there, {:.1} MB downloaded",
+        summary.files.len(),
+        args.dir.display(),
+        summary.skipped,
+        summary.downloaded_bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn inspect(args: &InspectArgs) -> Result<()> {
+    for file in &args.files {
+        let summary = data::inspect::summarize(file, args.top, args.excerpt)?;
+        print!("{}", data::inspect::Report(&summary));
+    }
+    Ok(())
+}
+
+fn sample(args: &SampleArgs) -> Result<()> {
+    ensure!(
+        args.temperature.is_finite() && args.temperature >= 0.0,
+        "--temperature must be finite and not negative, not {}",
+        args.temperature
+    );
+    let checkpoint = Checkpoint::open(&args.checkpoint)?;
+    let config = checkpoint.state.config.model.clone();
+    let gpt2 = config.vocab == GPT2_VOCAB;
+    let prompt = match (&args.prompt_tokens, &args.prompt) {
+        (Some(tokens), _) => tokens.clone(),
+        (None, Some(text)) if gpt2 => tokenizer::encode(text),
+        (None, None) if gpt2 => vec![END_OF_TEXT],
+        (None, _) => bail!(
+            "this model's vocabulary has {} tokens, not GPT-2's {GPT2_VOCAB}: give --prompt-tokens",
+            config.vocab
+        ),
+    };
+    ensure!(!prompt.is_empty(), "the prompt is empty");
+    ensure!(
+        prompt.len() + args.tokens <= config.max_seq_len,
+        "{} prompt tokens + {} new ones exceed the model's context of {}",
+        prompt.len(),
+        args.tokens,
+        config.max_seq_len
+    );
+    let mut backend = open_backend(args.device, args.threads)?;
+    let backend = backend.as_mut();
+    let mut decoder = Decoder::new(backend, &config)?;
+    checkpoint.restore_params(backend, &decoder.specs)?;
+    info!(
+        "{} {} from {} (step {}), on {}",
+        config.arch,
+        config.name,
+        args.checkpoint.display(),
+        checkpoint.state.step,
+        backend.describe()
+    );
+    let mut logits = Vec::new();
+    for &token in &prompt {
+        logits = decoder.step(backend, token)?;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let mut out = std::io::stdout().lock();
+    let mut generated = Vec::new();
+    let mut printed = 0;
+    if gpt2 && args.prompt_tokens.is_none() {
+        write!(out, "{}", args.prompt.as_deref().unwrap_or(""))?;
+    }
+    for i in 0..args.tokens {
+        let token = sample_token(&logits, args.temperature, args.top_k, &mut rng);
+        generated.push(token);
+        if gpt2 {
+            // Print what decodes completely so far: a character may span several tokens.
+            let text = tokenizer::decode(&generated);
+            if !text.ends_with(char::REPLACEMENT_CHARACTER) {
+                write!(out, "{}", &text[printed..])?;
+                printed = text.len();
+            }
+        } else {
+            write!(out, "{}{token}", if i == 0 { "" } else { "," })?;
+        }
+        out.flush()?;
+        if i + 1 < args.tokens {
+            logits = decoder.step(backend, token)?;
+        }
+    }
+    writeln!(out)?;
+    Ok(())
 }
 
 fn synth(args: &SynthArgs) -> Result<()> {
@@ -483,5 +712,9 @@ pub fn run() -> Result<()> {
         Some(Command::Train(args)) => args.run(),
         Some(Command::Data(DataCommand::Synth(args))) => synth(&args),
         Some(Command::Records(args)) => print_records(&args),
+        Some(Command::Sample(args)) => sample(&args),
+        Some(Command::Data(DataCommand::Inspect(args))) => inspect(&args),
+        Some(Command::Data(DataCommand::Fineweb(args))) => download_fineweb(&args),
+        Some(Command::Data(DataCommand::Prepare(args))) => prepare_shards(&args),
     }
 }

@@ -3,8 +3,7 @@
 use anyhow::{Result, ensure};
 use serde::{Deserialize, Serialize};
 
-/// GPT-2's vocabulary (50,256 BPE merges + <|endoftext|>).
-pub const GPT2_VOCAB: usize = 50257;
+pub use crate::data::tokenizer::GPT2_VOCAB;
 /// The vocabulary is padded to a multiple of this, for fast matrix products
 /// (50257 → 50304, as llm.c and the speedrun do).
 pub const VOCAB_PADDING: usize = 64;
