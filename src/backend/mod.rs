@@ -52,6 +52,9 @@ impl Tensor {
     }
 }
 
+/// A target id that takes no part in the loss (its row gets loss 0 and no gradient).
+pub const IGNORE_TARGET: u32 = u32::MAX;
+
 /// A view of a buffer of token ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenTensor {
@@ -310,7 +313,8 @@ pub trait Backend {
     /// Softmax cross-entropy over the first `vocab` of `padded_vocab` logits per row, after an
     /// optional soft-cap `cap·tanh(z/cap)`; writes each row's loss into `losses`. With
     /// `grad_scale = Some(s)` it overwrites `logits` in place with `s·∂loss/∂logits` (zero in the
-    /// padding), so the probabilities are never stored.
+    /// padding), so the probabilities are never stored. A row whose target is [`IGNORE_TARGET`]
+    /// gets loss 0 and a zero gradient.
     fn softmax_cross_entropy(
         &mut self,
         logits: Tensor,

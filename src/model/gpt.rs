@@ -1,14 +1,14 @@
 //! The GPT model: forward and backward written once against the [`Backend`] interface, one
 //! backend call per layer operation, llm.c style. Backward reads like forward, reversed.
 
-use anyhow::{Result, ensure};
+use anyhow::{Result, bail, ensure};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::config::{Arch, ModelConfig};
 use super::params::{Init, ParamSpec, ParamTensors, num_params, param_layout};
-use crate::backend::{AttentionShape, Backend, BufferKind, Tensor, TokenTensor};
+use crate::backend::{AttentionShape, Backend, BufferKind, IGNORE_TARGET, Tensor, TokenTensor};
 
 /// Saved activations of one micro-batch. Per-layer tensors are stacked over layers (L, …).
 /// N = batch·seq_len rows, C channels, H heads, V padded vocabulary.
@@ -270,7 +270,8 @@ impl Gpt {
         }
     }
 
-    /// Runs the model on one micro-batch and returns the mean loss over its tokens.
+    /// Runs the model on one micro-batch and returns the mean loss over its targets (those not
+    /// [`IGNORE_TARGET`]).
     pub fn forward(
         &self,
         b: &mut dyn Backend,
@@ -285,6 +286,21 @@ impl Gpt {
             inputs.len(),
             targets.len()
         );
+        let outside = |t: u32| t as usize >= self.config.vocab;
+        if let Some(&bad) = inputs.iter().find(|&&t| outside(t)) {
+            bail!(
+                "input token {bad} is outside the vocabulary of {}",
+                self.config.vocab
+            );
+        }
+        if let Some(&bad) = targets.iter().find(|&&t| outside(t) && t != IGNORE_TARGET) {
+            bail!(
+                "target token {bad} is outside the vocabulary of {}",
+                self.config.vocab
+            );
+        }
+        let counted = targets.iter().filter(|&&t| t != IGNORE_TARGET).count();
+        ensure!(counted > 0, "every target of the micro-batch is ignored");
         b.write_tokens(self.inputs, inputs)?;
         b.write_tokens(self.targets, targets)?;
         let (p, a) = (&self.params, &self.acts);
@@ -360,7 +376,7 @@ impl Gpt {
             self.config.softcap,
             loss_scale,
         )?;
-        Ok(b.sum(a.losses)? / n as f64)
+        Ok(b.sum(a.losses)? / counted as f64)
     }
 
     /// Accumulates the parameter gradients of the last `Pass::Train` forward into `grads`.

@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::{Real, expect_len};
+use crate::backend::IGNORE_TARGET;
 
 pub(super) fn softmax_cross_entropy<F: Real>(
     logits: &mut [F],
@@ -25,6 +26,13 @@ pub(super) fn softmax_cross_entropy<F: Real>(
         .par_chunks_mut(padded_vocab)
         .zip(losses.par_iter_mut().zip(targets.par_iter()))
         .for_each(|(z, (loss, &target))| {
+            if target == IGNORE_TARGET {
+                *loss = F::zero();
+                if grad_scale.is_some() {
+                    z.fill(F::zero());
+                }
+                return;
+            }
             let target = target as usize;
             assert!(
                 target < vocab,

@@ -469,6 +469,40 @@ fn cross_entropy_gradient_matches_finite_differences_with_softcap_and_padding() 
 }
 
 #[test]
+fn ignored_targets_get_no_loss_and_no_gradient() {
+    let (vocab, padded) = (5, 8);
+    let logits = random(3 * padded, 95);
+    let targets = [2, crate::backend::IGNORE_TARGET, 4];
+    let (mut grad, mut losses) = (logits.clone(), vec![f64::NAN; 3]);
+    loss::softmax_cross_entropy(
+        &mut grad,
+        &mut losses,
+        &targets,
+        vocab,
+        padded,
+        None,
+        Some(1.0),
+    );
+    assert_eq!(losses[1], 0.0);
+    assert!(grad[padded..2 * padded].iter().all(|&g| g == 0.0));
+    // The other rows are as if alone.
+    for row in [0, 2] {
+        let (mut g, mut l) = (logits[row * padded..(row + 1) * padded].to_vec(), vec![0.0]);
+        loss::softmax_cross_entropy(
+            &mut g,
+            &mut l,
+            &targets[row..row + 1],
+            vocab,
+            padded,
+            None,
+            Some(1.0),
+        );
+        assert_eq!(l[0], losses[row]);
+        assert_eq!(g, grad[row * padded..(row + 1) * padded]);
+    }
+}
+
+#[test]
 fn embedding_backward_matches_finite_differences_with_repeated_tokens() {
     let (batch, seq_len, c, vocab) = (2, 3, 4, 5);
     let tokens = [1u32, 3, 1, 1, 0, 3];
