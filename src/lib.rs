@@ -12,6 +12,7 @@ pub mod cli;
 pub mod data;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod progress;
 pub mod records;
 pub mod train;
