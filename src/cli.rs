@@ -13,13 +13,16 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
-use crate::model::{Arch, Decoder, ModelConfig, ModelOverrides, ModelSize, sample_token};
+use crate::grok::GrokConfig;
+use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
 use crate::optim::{AdamConfig, MatrixOptimizer, OptimConfig, OptimizerKind};
 use crate::records;
 use crate::train::checkpoint::Checkpoint;
 use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
+use crate::{landscape, plot};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,6 +53,14 @@ enum Command {
     Records(RecordsArgs),
     /// Generate text from a trained checkpoint (with a key/value cache).
     Sample(SampleArgs),
+    /// The validation loss along a line or on a plane through a checkpoint's weights, in
+    /// filter-normalised random directions or towards a second checkpoint; writes a CSV and
+    /// SVG/PNG plots.
+    Landscape(LandscapeArgs),
+    /// Grokking: a small transformer learns modular division a / b (mod p) from half of all
+    /// pairs, memorises them, and much later generalises to the rest. Logs both accuracies at
+    /// log-spaced steps, plots them, and appends the run to the records log.
+    Grok(Box<GrokArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,6 +369,123 @@ struct SampleArgs {
 }
 
 #[derive(Args, Debug)]
+struct LandscapeArgs {
+    /// The checkpoint whose weights w₀ are the origin.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Move towards this checkpoint's weights w₁ (of the same model): d = w₁ − w₀, so α = 1
+    /// is w₁. Without it, d is a filter-normalised random direction.
+    #[arg(long, conflicts_with = "plane")]
+    to: Option<PathBuf>,
+    /// A plane through two random directions instead of a line.
+    #[arg(long)]
+    plane: bool,
+    /// α (and β) run from −range to +range.
+    #[arg(long, default_value_t = 1.0)]
+    range: f64,
+    /// Points per axis; odd, so that the origin (α = 0) is on the grid.
+    #[arg(long, default_value_t = 21)]
+    points: usize,
+    /// Seed of the random directions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validation shards [default: those of the checkpoint's run].
+    #[arg(long)]
+    val_data: Option<String>,
+    /// Validation tokens per evaluation, a multiple of the run's micro-batch × sequence
+    /// length [default: the run's --val-tokens].
+    #[arg(long)]
+    val_tokens: Option<usize>,
+    /// Output directory.
+    #[arg(long, default_value = "landscape")]
+    out: PathBuf,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Without a terminal, print a progress line every this many evaluations.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+}
+
+#[derive(Args, Debug)]
+struct GrokArgs {
+    /// The prime modulus. Power et al. use 97 (with --lr 1e-3; hours on a CPU); the default 47
+    /// groks on a 2-core CPU in minutes.
+    #[arg(long, default_value_t = GrokConfig::default().p, help_heading = "Data")]
+    p: u32,
+    /// Fraction of the p·(p − 1) pairs used for training; the rest validate.
+    #[arg(long, default_value_t = GrokConfig::default().train_frac, help_heading = "Data")]
+    train_frac: f64,
+    /// Seeds the split, the initialisation and the batch order.
+    #[arg(long, default_value_t = GrokConfig::default().seed, help_heading = "Data")]
+    seed: u64,
+    /// Architecture.
+    #[arg(long, value_enum, default_value_t = GrokConfig::default().arch, help_heading = "Model")]
+    arch: Arch,
+    #[arg(long, default_value_t = GrokConfig::default().layers, help_heading = "Model")]
+    layers: usize,
+    /// Model width (channels).
+    #[arg(long, default_value_t = GrokConfig::default().width, help_heading = "Model")]
+    width: usize,
+    #[arg(long, default_value_t = GrokConfig::default().heads, help_heading = "Model")]
+    heads: usize,
+    /// The update rule of the hidden matrices; every other parameter uses AdamW.
+    #[arg(long, value_enum, default_value_t = GrokConfig::default().optimizer, help_heading = "Optimizer")]
+    optimizer: OptimizerKind,
+    /// AdamW learning rate (of every parameter, or of all but the hidden matrices with Muon).
+    #[arg(long, default_value_t = GrokConfig::default().lr, help_heading = "Optimizer")]
+    lr: f32,
+    /// Muon learning rate of the hidden matrices (with --optimizer muon).
+    #[arg(long, default_value_t = GrokConfig::default().muon_lr, help_heading = "Optimizer")]
+    muon_lr: f32,
+    #[arg(long, default_value_t = GrokConfig::default().beta1, help_heading = "Optimizer")]
+    beta1: f32,
+    #[arg(long, default_value_t = GrokConfig::default().beta2, help_heading = "Optimizer")]
+    beta2: f32,
+    #[arg(long, default_value_t = GrokConfig::default().eps, help_heading = "Optimizer")]
+    eps: f32,
+    /// Decoupled weight decay of every parameter (what makes the model grok; try 0).
+    #[arg(long, default_value_t = GrokConfig::default().weight_decay, help_heading = "Optimizer")]
+    weight_decay: f32,
+    /// Linear learning-rate warm-up steps, then a constant rate.
+    #[arg(long, default_value_t = GrokConfig::default().warmup_steps, help_heading = "Optimizer")]
+    warmup_steps: usize,
+    /// Examples per step, sampled epoch by epoch [default: the whole training set].
+    #[arg(long, help_heading = "Run")]
+    batch: Option<usize>,
+    #[arg(long, default_value_t = GrokConfig::default().max_steps, help_heading = "Run")]
+    max_steps: usize,
+    /// Stop after this many seconds of training (evaluations excluded).
+    #[arg(long, help_heading = "Run")]
+    time_budget: Option<f64>,
+    /// Keep training after the validation accuracy has reached 99% (by default the run stops
+    /// once it is ≥ 99% at two consecutive evaluations).
+    #[arg(long, help_heading = "Run")]
+    keep_going: bool,
+    /// Directory of the plot (grok.svg, grok.png) and the curve (grok.csv).
+    #[arg(long, default_value = "grok", help_heading = "Run")]
+    out: PathBuf,
+    /// The records log the finished run is appended to.
+    #[arg(long, default_value = "records/records.jsonl", help_heading = "Run")]
+    records: PathBuf,
+    /// Do not append a record.
+    #[arg(long, help_heading = "Run")]
+    no_record: bool,
+    /// Without a terminal, print a progress line every this many steps.
+    #[arg(long, default_value_t = 100, help_heading = "Run")]
+    log_every: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Device::Auto, help_heading = "Run")]
+    device: Device,
+    /// CPU threads [default: all cores].
+    #[arg(long, help_heading = "Run")]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
 struct RecordsArgs {
     /// The records log.
     #[arg(long, default_value = "records/records.jsonl")]
@@ -515,13 +643,7 @@ impl TrainArgs {
             records: (!self.no_record).then(|| self.records.clone()),
             log_every: self.log_every,
         };
-        ctrlc::set_handler(|| {
-            if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            warn!("stopping after this step to save a checkpoint (Ctrl-C again to quit at once)");
-        })
-        .context("cannot install the Ctrl-C handler")?;
+        stop_on_ctrl_c("stopping after this step to save a checkpoint")?;
         let record = train(backend.as_mut(), &config, &options)?;
         info!(
             "done: {} steps, {} tokens, final val loss {:.4}, {:.1} s of training, {:.0} tokens/s{}",
@@ -538,6 +660,18 @@ impl TrainArgs {
         );
         Ok(())
     }
+}
+
+/// The first Ctrl-C sets [`STOP_REQUESTED`] and warns `what` the run does then; the second
+/// quits at once.
+fn stop_on_ctrl_c(what: &'static str) -> Result<()> {
+    ctrlc::set_handler(move || {
+        if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        warn!("{what} (Ctrl-C again to quit at once)");
+    })
+    .context("cannot install the Ctrl-C handler")
 }
 
 /// Sizes the CPU thread pool (default: all cores).
@@ -671,6 +805,228 @@ fn sample(args: &SampleArgs) -> Result<()> {
     Ok(())
 }
 
+fn landscape(args: &LandscapeArgs) -> Result<()> {
+    ensure!(
+        args.range.is_finite() && args.range > 0.0,
+        "--range must be positive and finite, not {}",
+        args.range
+    );
+    ensure!(
+        args.points % 2 == 1,
+        "--points must be odd, so that the origin is on the grid, not {}",
+        args.points
+    );
+    let checkpoint = Checkpoint::open(&args.checkpoint)?;
+    let run = &checkpoint.state.config;
+    let mut backend = open_backend(args.device, args.threads)?;
+    let backend = backend.as_mut();
+    let model = Gpt::new(backend, &run.model, run.micro_batch, run.seq_len)?;
+    checkpoint.restore_params(backend, &model.specs)?;
+    let origin = backend.read(model.param_buffer)?;
+    let val_data = args.val_data.as_deref().unwrap_or(&run.val_data);
+    let val_tokens = args.val_tokens.unwrap_or(run.val_tokens);
+    let val = ValData::load(val_data, val_tokens, run.model.vocab)
+        .context("validation data (--val-data, --val-tokens)")?;
+    val.batch_count(run.micro_batch, run.seq_len)
+        .context("validation data (--val-tokens)")?;
+    let base = model.param_buffer.offset;
+    let tensors: Vec<_> = model
+        .specs
+        .iter()
+        .map(|s| s.tensor.offset - base..s.tensor.offset - base + s.tensor.len)
+        .collect();
+    let random = |seed| landscape::filter_normalized_direction(&origin, &tensors, seed);
+    let axis = landscape::grid(args.range, args.points);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    info!(
+        "{} {} from {} (step {}): loss on {val_tokens} tokens of '{val_data}'",
+        run.model.arch,
+        run.model.name,
+        args.checkpoint.display(),
+        checkpoint.state.step
+    );
+    let (csv, values) = if args.plane {
+        let (d1, d2) = (random(args.seed), random(args.seed.wrapping_add(1)));
+        let mut objective = landscape::ModelLoss {
+            backend,
+            model: &model,
+            val: &val,
+        };
+        let directions = (d1.as_slice(), d2.as_slice());
+        let losses = landscape::plane(
+            &mut objective,
+            &origin,
+            directions,
+            &axis,
+            &axis,
+            args.log_every,
+        )?;
+        let mut csv = String::from("alpha,beta,loss\n");
+        for (j, beta) in axis.iter().enumerate() {
+            for (i, alpha) in axis.iter().enumerate() {
+                csv.push_str(&format!("{alpha},{beta},{}\n", losses[j * axis.len() + i]));
+            }
+        }
+        (csv, losses)
+    } else {
+        let direction = match &args.to {
+            Some(path) => {
+                let target = Checkpoint::open(path)?;
+                ensure!(
+                    target.state.config.model == run.model,
+                    "{} holds another model than {}",
+                    path.display(),
+                    args.checkpoint.display()
+                );
+                target.restore_params(backend, &model.specs)?;
+                let far = backend.read(model.param_buffer)?;
+                far.iter().zip(&origin).map(|(w1, w0)| w1 - w0).collect()
+            }
+            None => random(args.seed),
+        };
+        let mut objective = landscape::ModelLoss {
+            backend,
+            model: &model,
+            val: &val,
+        };
+        let losses = landscape::line(&mut objective, &origin, &direction, &axis, args.log_every)?;
+        let mut csv = String::from("alpha,loss\n");
+        for (alpha, loss) in axis.iter().zip(&losses) {
+            csv.push_str(&format!("{alpha},{loss}\n"));
+        }
+        (csv, losses)
+    };
+    let name = if args.plane {
+        "landscape_plane"
+    } else {
+        "landscape_line"
+    };
+    let csv_path = args.out.join(format!("{name}.csv"));
+    crate::atomic::write_file(&csv_path, |f| f.write_all(csv.as_bytes()))
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    let title = format!(
+        "{} {} at step {}",
+        run.model.arch, run.model.name, checkpoint.state.step
+    );
+    let stem = args.out.join(name);
+    if args.plane {
+        let map = plot::Heatmap {
+            title: &title,
+            x_label: "α",
+            y_label: "β",
+            xs: axis.clone(),
+            ys: axis.clone(),
+            values: values.clone(),
+            value_label: "validation loss",
+        };
+        plot::heatmap(&map, &stem)?;
+    } else {
+        let label = match &args.to {
+            Some(path) => format!("towards {}", path.display()),
+            None => format!("random direction (seed {})", args.seed),
+        };
+        let points = axis.iter().copied().zip(values.iter().copied()).collect();
+        let line = plot::LinePlot {
+            title: &title,
+            x_label: "α",
+            y_label: "validation loss",
+            series: vec![plot::Series::new(label, points)],
+            ..Default::default()
+        };
+        plot::line_plot(&line, &stem)?;
+    }
+    // The origin is the middle of the grid (an odd number of points per axis).
+    let origin_loss = values[values.len() / 2];
+    let lowest = values.iter().copied().fold(f64::INFINITY, f64::min);
+    info!(
+        "wrote {}; loss at the origin {origin_loss:.4}, lowest {lowest:.4}",
+        csv_path.display()
+    );
+    Ok(())
+}
+
+fn grok(args: &GrokArgs) -> Result<()> {
+    let config = GrokConfig {
+        p: args.p,
+        train_frac: args.train_frac,
+        seed: args.seed,
+        arch: args.arch,
+        layers: args.layers,
+        width: args.width,
+        heads: args.heads,
+        optimizer: args.optimizer,
+        lr: args.lr,
+        muon_lr: args.muon_lr,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        eps: args.eps,
+        weight_decay: args.weight_decay,
+        warmup_steps: args.warmup_steps,
+        batch: args.batch,
+        max_steps: args.max_steps,
+        time_budget: args.time_budget,
+        stop_when_grokked: !args.keep_going,
+    };
+    config.validate()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let mut backend = open_backend(args.device, args.threads)?;
+    stop_on_ctrl_c("stopping after this step to evaluate and record the run")?;
+    let result = crate::grok::run(backend.as_mut(), &config, args.log_every)?;
+
+    let mut csv = String::from("step,train_loss,train_acc,val_loss,val_acc,train_seconds\n");
+    for p in &result.curve {
+        csv.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            p.step, p.train_loss, p.train_acc, p.val_loss, p.val_acc, p.train_seconds
+        ));
+    }
+    let csv_path = args.out.join("grok.csv");
+    crate::atomic::write_file(&csv_path, |f| f.write_all(csv.as_bytes()))
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    let accuracy = |value: fn(&crate::grok::GrokPoint) -> f64| {
+        result
+            .curve
+            .iter()
+            .map(|p| (p.step as f64, 100.0 * value(p)))
+            .collect()
+    };
+    let title = format!(
+        "a / b mod {}: {} layers × {}, {} (wd {}), {:.0}% of pairs for training",
+        config.p,
+        config.layers,
+        config.width,
+        config.optimizer,
+        config.weight_decay,
+        100.0 * result.train_size as f64 / (result.train_size + result.val_size) as f64
+    );
+    let plot = plot::LinePlot {
+        title: &title,
+        x_label: "optimization step",
+        y_label: "accuracy (%)",
+        series: vec![
+            plot::Series::new("train", accuracy(|p| p.train_acc)),
+            plot::Series::new("validation", accuracy(|p| p.val_acc)),
+        ],
+        log_x: true,
+        ..Default::default()
+    };
+    let [svg, png] = plot::line_plot(&plot, &args.out.join("grok"))?;
+    info!(
+        "wrote {}, {} and {}",
+        csv_path.display(),
+        svg.display(),
+        png.display()
+    );
+    if !args.no_record {
+        let record = records::GrokRecord::new(&config, &result);
+        records::append(&args.records, &record)?;
+        info!("appended the run to {}", args.records.display());
+    }
+    Ok(())
+}
+
 fn synth(args: &SynthArgs) -> Result<()> {
     let config = SynthConfig {
         vocab: args.vocab,
@@ -713,6 +1069,8 @@ pub fn run() -> Result<()> {
         Some(Command::Data(DataCommand::Synth(args))) => synth(&args),
         Some(Command::Records(args)) => print_records(&args),
         Some(Command::Sample(args)) => sample(&args),
+        Some(Command::Landscape(args)) => landscape(&args),
+        Some(Command::Grok(args)) => grok(&args),
         Some(Command::Data(DataCommand::Inspect(args))) => inspect(&args),
         Some(Command::Data(DataCommand::Fineweb(args))) => download_fineweb(&args),
         Some(Command::Data(DataCommand::Prepare(args))) => prepare_shards(&args),

@@ -10,6 +10,8 @@ pub mod atomic;
 pub mod backend;
 pub mod cli;
 pub mod data;
+pub mod grok;
+pub mod landscape;
 pub mod model;
 pub mod optim;
 pub mod plot;

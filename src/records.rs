@@ -1,13 +1,15 @@
-//! The records log: one JSON object per line per finished run, and the comparison table that
-//! `speedrun records` prints from it.
+//! The records log: one JSON object per line per finished run, and the comparison tables that
+//! `speedrun records` prints from it. A line is a language-model run ([`Record`], no `kind` field
+//! or `"kind": "train"`) or a grokking run ([`GrokRecord`], `"kind": "grok"`).
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::grok::{GrokConfig, GrokPoint, GrokResult, StopReason};
 use crate::train::TrainConfig;
 
 /// The commit this binary was built from (with "-dirty" if the tree had changes).
@@ -69,10 +71,111 @@ pub struct Record {
     pub tokens_per_second: f64,
 }
 
-/// Appends one record as a line of JSON, creating the file and its directory if needed.
-/// The line is written with a single `write` on an append-mode file and synced, so
-/// concurrent runs never interleave within a line and a crash cannot leave half a record.
-pub fn append(path: &Path, record: &Record) -> Result<()> {
+/// The `kind` of a grokking record: always the string "grok".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GrokKind {
+    #[default]
+    #[serde(rename = "grok")]
+    Grok,
+}
+
+/// One grokking run ([`crate::grok`]): modular division, its settings and its curve.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GrokRecord {
+    /// Always "grok": what tells this line from a language-model [`Record`].
+    pub kind: GrokKind,
+    pub run_id: String,
+    /// When the run finished (RFC 3339, UTC).
+    pub date: String,
+    pub git_commit: String,
+    pub host: String,
+    pub device: String,
+    /// Every setting: modulus, split, model, optimizer, batch, stopping rule.
+    pub config: GrokConfig,
+    pub params: usize,
+    pub train_size: usize,
+    pub val_size: usize,
+    pub steps: usize,
+    pub train_seconds: f64,
+    pub stop: StopReason,
+    /// The first evaluated step (and training seconds) with train / validation accuracy ≥ 99%,
+    /// or null.
+    pub step_train_99: Option<usize>,
+    pub seconds_train_99: Option<f64>,
+    pub step_val_99: Option<usize>,
+    pub seconds_val_99: Option<f64>,
+    pub final_train_acc: f64,
+    pub final_val_acc: f64,
+    pub final_train_loss: f64,
+    pub final_val_loss: f64,
+    /// `[step, train_loss, train_acc, val_loss, val_acc, train_seconds]` at each evaluation.
+    pub curve: Vec<GrokPoint>,
+}
+
+impl GrokRecord {
+    /// The record of a finished run, dated now, with this build's commit and this host.
+    pub fn new(config: &GrokConfig, result: &GrokResult) -> GrokRecord {
+        let last = result.curve.last();
+        let final_of = |value: fn(&GrokPoint) -> f64| last.map_or(f64::NAN, value);
+        GrokRecord {
+            kind: GrokKind::Grok,
+            run_id: result.run_id.clone(),
+            date: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            git_commit: GIT_COMMIT.to_string(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            device: result.device.clone(),
+            config: config.clone(),
+            params: result.params,
+            train_size: result.train_size,
+            val_size: result.val_size,
+            steps: result.steps,
+            train_seconds: result.train_seconds,
+            stop: result.stop,
+            step_train_99: result.step_train_99,
+            seconds_train_99: result.seconds_train_99,
+            step_val_99: result.step_val_99,
+            seconds_val_99: result.seconds_val_99,
+            final_train_acc: final_of(|p| p.train_acc),
+            final_val_acc: final_of(|p| p.val_acc),
+            final_train_loss: final_of(|p| p.train_loss),
+            final_val_loss: final_of(|p| p.val_loss),
+            curve: result.curve.clone(),
+        }
+    }
+}
+
+/// One line of the log.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// A language-model training run.
+    Train(Box<Record>),
+    /// A grokking run.
+    Grok(Box<GrokRecord>),
+}
+
+impl Entry {
+    pub fn run_id(&self) -> &str {
+        match self {
+            Entry::Train(r) => &r.run_id,
+            Entry::Grok(r) => &r.run_id,
+        }
+    }
+}
+
+impl Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Entry::Train(r) => r.serialize(serializer),
+            Entry::Grok(r) => r.serialize(serializer),
+        }
+    }
+}
+
+/// Appends one record ([`Record`], [`GrokRecord`] or [`Entry`]) as a line of JSON, creating the
+/// file and its directory if needed. The line is written with a single `write` on an
+/// append-mode file and synced, so concurrent runs never interleave within a line and a crash
+/// cannot leave half a record.
+pub fn append<T: Serialize>(path: &Path, record: &T) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the records directory {}", dir.display()))?;
@@ -89,15 +192,31 @@ pub fn append(path: &Path, record: &Record) -> Result<()> {
         .with_context(|| format!("cannot append to the records log {}", path.display()))
 }
 
-/// Every record in a log; a malformed line is an error naming the file and line.
-pub fn load(path: &Path) -> Result<Vec<Record>> {
+/// Reads one line of the log, by its `kind`: absent or "train" is a [`Record`], "grok" a
+/// [`GrokRecord`].
+pub fn parse_entry(line: &str) -> Result<Entry> {
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: Option<String>,
+    }
+    let kind: Kind = serde_json::from_str(line)?;
+    Ok(match kind.kind.as_deref() {
+        None | Some("train") => Entry::Train(Box::new(serde_json::from_str(line)?)),
+        Some("grok") => Entry::Grok(Box::new(serde_json::from_str(line)?)),
+        Some(other) => bail!("unknown record kind {other:?} (expected \"train\" or \"grok\")"),
+    })
+}
+
+/// Every record in a log, of both kinds, in file order; a malformed line is an error naming
+/// the file and line.
+pub fn load(path: &Path) -> Result<Vec<Entry>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the records log {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(i, line)| {
-            serde_json::from_str(line)
+            parse_entry(line)
                 .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))
         })
         .collect()
@@ -113,8 +232,83 @@ fn seconds(s: f64) -> String {
     }
 }
 
-/// A markdown table comparing runs, oldest first.
-pub fn table(records: &[Record]) -> String {
+/// The tables of a log: the language-model runs (as [`train_table`]), then, if there are any,
+/// the grokking runs under a "Grokking runs" heading (as [`grok_table`]); each oldest first. A
+/// log of language-model runs only prints just their table.
+pub fn table(entries: &[Entry]) -> String {
+    let (mut train, mut grok) = (Vec::new(), Vec::new());
+    for entry in entries {
+        match entry {
+            Entry::Train(r) => train.push(r.as_ref().clone()),
+            Entry::Grok(r) => grok.push(r.as_ref().clone()),
+        }
+    }
+    let mut out = String::new();
+    if !train.is_empty() {
+        out.push_str(&train_table(&train));
+    }
+    if !grok.is_empty() {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str("### Grokking runs\n\n");
+        out.push_str(&grok_table(&grok));
+    }
+    out
+}
+
+fn percent(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+/// A markdown table comparing grokking runs, oldest first: the step (and training time) at
+/// which train and validation accuracy first reached 99%.
+pub fn grok_table(records: &[GrokRecord]) -> String {
+    let mut out = String::from(
+        "| date | run | p | train | arch | model | optimizer | lr | wd | batch | device | steps \
+         | train ≥ 99% | val ≥ 99% | final train acc | final val acc | train time | stop |\n\
+         |---|---|---:|---:|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    let reached = |step: Option<usize>, s: Option<f64>| match (step, s) {
+        (Some(step), Some(s)) => format!("step {step} ({})", seconds(s)),
+        (Some(step), None) => format!("step {step}"),
+        _ => "not reached".into(),
+    };
+    for r in records {
+        let c = &r.config;
+        let lr = match c.optimizer {
+            crate::optim::OptimizerKind::Adamw => format!("{}", c.lr),
+            crate::optim::OptimizerKind::Muon => format!("{} (adamw {})", c.muon_lr, c.lr),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {}×{} ({}h) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.date.get(..10).unwrap_or(&r.date),
+            r.run_id,
+            c.p,
+            r.train_size,
+            c.arch,
+            c.layers,
+            c.width,
+            c.heads,
+            c.optimizer,
+            lr,
+            c.weight_decay,
+            c.batch.map_or("full".into(), |b| b.to_string()),
+            r.device,
+            r.steps,
+            reached(r.step_train_99, r.seconds_train_99),
+            reached(r.step_val_99, r.seconds_val_99),
+            percent(r.final_train_acc),
+            percent(r.final_val_acc),
+            seconds(r.train_seconds),
+            r.stop,
+        ));
+    }
+    out
+}
+
+/// A markdown table comparing language-model runs, oldest first.
+pub fn train_table(records: &[Record]) -> String {
     let mut out = String::from(
         "| date | run | arch | model | params | optimizer | device | steps | tokens \
          | target | time to target | final val loss | train time | tokens/s |\n\
