@@ -18,7 +18,7 @@ use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
 use crate::grok::GrokConfig;
 use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
-use crate::optim::{AdamConfig, MatrixOptimizer, OptimConfig, OptimizerKind};
+use crate::optim::{OptimConfig, OptimizerKind, UpdateRule};
 use crate::records;
 use crate::train::checkpoint::Checkpoint;
 use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
@@ -156,46 +156,79 @@ struct TrainArgs {
     #[arg(long, help_heading = "Model")]
     rope_base: Option<f32>,
 
-    /// Optimizer of the hidden matrices; embeddings, head and gains/biases always use Adam.
+    /// Optimizer of the hidden matrices; embeddings, head and gains/biases use AdamW unless
+    /// --optimizer-all.
     #[arg(long, value_enum, default_value_t = OptimizerKind::Muon, help_heading = "Optimizer")]
     optimizer: OptimizerKind,
+    /// Use --optimizer (element-wise ones only) for every group: each group takes the
+    /// optimizer's settings, with --embed-lr, --head-lr, --scalar-lr and --embed-weight-decay
+    /// overriding the learning rate and decay of their groups.
+    #[arg(long, help_heading = "Optimizer")]
+    optimizer_all: bool,
     /// Learning rate of the hidden matrices [default: muon 0.05; adamw 0.0018 (speedrun),
-    /// 6e-4 (gpt2)].
+    /// 6e-4 (gpt2); sgd 1e-3; adagrad 1e-2; rmsprop 1e-2; adadelta 1; adam 1e-3; nadamw
+    /// 0.00175].
     #[arg(long, help_heading = "Optimizer")]
     lr: Option<f32>,
-    /// Decoupled weight decay of the hidden matrices [default: 0 (speedrun), 0.1 (gpt2 with
-    /// adamw)].
+    /// Weight decay of the hidden matrices: decoupled for adamw, nadamw and muon, added to the
+    /// gradient (L2) for the others [default: 0; adamw 0.1 (gpt2); nadamw 0.081].
     #[arg(long, help_heading = "Optimizer")]
     weight_decay: Option<f32>,
-    /// Adam learning rate of the token (and position) embeddings [default: 0.6 (speedrun),
-    /// 6e-4 (gpt2)].
+    /// Learning rate of the token (and position) embeddings [default: 0.6 (speedrun), 6e-4
+    /// (gpt2); with --optimizer-all: --lr].
     #[arg(long, help_heading = "Optimizer")]
     embed_lr: Option<f32>,
-    /// Adam learning rate of the untied lm_head [default: 0.008 (speedrun)].
+    /// Learning rate of the untied lm_head [default: 0.008 (speedrun); with
+    /// --optimizer-all: --lr].
     #[arg(long, help_heading = "Optimizer")]
     head_lr: Option<f32>,
-    /// Adam learning rate of gains and biases [default: 0.04 (speedrun), 6e-4 (gpt2)].
+    /// Learning rate of gains and biases [default: 0.04 (speedrun), 6e-4 (gpt2); with
+    /// --optimizer-all: --lr].
     #[arg(long, help_heading = "Optimizer")]
     scalar_lr: Option<f32>,
-    /// Adam β1, for every Adam group [default: 0.8 (speedrun), 0.9 (gpt2)].
+    /// Adam β1, for every group under adam, adamw or nadamw [default: 0.8 (speedrun), 0.9
+    /// (gpt2); 0.9 for adam, 0.933 for nadamw on the matrices].
     #[arg(long, help_heading = "Optimizer")]
     adam_beta1: Option<f32>,
-    /// Adam β2, for every Adam group [default: 0.95].
+    /// Adam β2, for every group under adam, adamw or nadamw [default: 0.95; 0.999 for adam,
+    /// 0.9955 for nadamw on the matrices].
     #[arg(long, help_heading = "Optimizer")]
     adam_beta2: Option<f32>,
-    /// Adam ε, for every Adam group [default: 1e-10 (speedrun), 1e-8 (gpt2)].
+    /// Adam ε, for every group under adam, adamw or nadamw [default: 1e-10 (speedrun), 1e-8
+    /// (gpt2 and the matrices under adam or nadamw)].
     #[arg(long, help_heading = "Optimizer")]
     adam_eps: Option<f32>,
-    /// Decoupled weight decay of the embedding and head groups [default: 0 (speedrun), 0.1
-    /// (gpt2)].
+    /// Weight decay of the embedding and head groups [default: 0 (speedrun), 0.1 (gpt2); with
+    /// --optimizer-all: --weight-decay].
     #[arg(long, help_heading = "Optimizer")]
     embed_weight_decay: Option<f32>,
-    /// muon: momentum β [default: 0.95].
+    /// muon, sgd, rmsprop: momentum [default: 0.95 (muon), 0 (sgd, rmsprop)].
     #[arg(long, help_heading = "Optimizer")]
     momentum: Option<f32>,
-    /// muon: Nesterov momentum [default: true].
+    /// muon, sgd: Nesterov momentum [default: true (muon), false (sgd)].
     #[arg(long, action = ArgAction::Set, help_heading = "Optimizer")]
     nesterov: Option<bool>,
+    /// sgd: dampening of the gradient's share of the momentum [default: 0].
+    #[arg(long, help_heading = "Optimizer")]
+    dampening: Option<f32>,
+    /// adagrad, rmsprop, adadelta: ε [default: 1e-10, 1e-8, 1e-6].
+    #[arg(long, help_heading = "Optimizer")]
+    eps: Option<f32>,
+    /// adagrad: step t uses lr / (1 + (t − 1)·lr_decay) [default: 0].
+    #[arg(long, help_heading = "Optimizer")]
+    lr_decay: Option<f32>,
+    /// adagrad: starting value of the sum of squared gradients [default: 0].
+    #[arg(long, help_heading = "Optimizer")]
+    initial_accumulator: Option<f32>,
+    /// rmsprop: smoothing constant α of the square average [default: 0.99].
+    #[arg(long, help_heading = "Optimizer")]
+    alpha: Option<f32>,
+    /// rmsprop: normalise by the centered second moment (an estimate of the variance).
+    #[arg(long, action = ArgAction::Set, help_heading = "Optimizer")]
+    centered: Option<bool>,
+    /// adadelta: smoothing constant ρ of both running averages [default: 0.9].
+    #[arg(long, help_heading = "Optimizer")]
+    rho: Option<f32>,
     /// muon: Newton–Schulz iterations [default: 5].
     #[arg(long, help_heading = "Optimizer")]
     ns_steps: Option<usize>,
@@ -432,10 +465,12 @@ struct GrokArgs {
     width: usize,
     #[arg(long, default_value_t = GrokConfig::default().heads, help_heading = "Model")]
     heads: usize,
-    /// The update rule of the hidden matrices; every other parameter uses AdamW.
+    /// The update rule of every parameter (with its reference defaults for what --lr,
+    /// --weight-decay and the Adam flags do not set); muon updates the hidden matrices at
+    /// --muon-lr and AdamW the rest.
     #[arg(long, value_enum, default_value_t = GrokConfig::default().optimizer, help_heading = "Optimizer")]
     optimizer: OptimizerKind,
-    /// AdamW learning rate (of every parameter, or of all but the hidden matrices with Muon).
+    /// Learning rate (of every parameter, or of all but the hidden matrices with muon).
     #[arg(long, default_value_t = GrokConfig::default().lr, help_heading = "Optimizer")]
     lr: f32,
     /// Muon learning rate of the hidden matrices (with --optimizer muon).
@@ -447,7 +482,8 @@ struct GrokArgs {
     beta2: f32,
     #[arg(long, default_value_t = GrokConfig::default().eps, help_heading = "Optimizer")]
     eps: f32,
-    /// Decoupled weight decay of every parameter (what makes the model grok; try 0).
+    /// Weight decay of every parameter (decoupled for adamw, nadamw and muon; what makes the
+    /// model grok; try 0).
     #[arg(long, default_value_t = GrokConfig::default().weight_decay, help_heading = "Optimizer")]
     weight_decay: f32,
     /// Linear learning-rate warm-up steps, then a constant rate.
@@ -496,13 +532,24 @@ impl TrainArgs {
     /// Flags given that the chosen architecture or optimizer has no use for: an error rather
     /// than silently ignored.
     fn inapplicable_flags(&self) -> Vec<&'static str> {
-        let (muon, speedrun) = (
-            self.optimizer == OptimizerKind::Muon,
-            self.arch == Arch::Speedrun,
-        );
+        use OptimizerKind as K;
+        let kind = self.optimizer;
+        let is = |kinds: &[OptimizerKind]| kinds.contains(&kind);
+        let muon = is(&[K::Muon]);
+        let speedrun = self.arch == Arch::Speedrun;
+        // With every group under a rule of another family, no group uses the Adam flags.
+        let adam_groups = !self.optimizer_all || is(&[K::Adam, K::Adamw, K::Nadamw]);
         [
-            ("--momentum", self.momentum.is_some(), muon),
-            ("--nesterov", self.nesterov.is_some(), muon),
+            (
+                "--momentum",
+                self.momentum.is_some(),
+                is(&[K::Muon, K::Sgd, K::Rmsprop]),
+            ),
+            (
+                "--nesterov",
+                self.nesterov.is_some(),
+                is(&[K::Muon, K::Sgd]),
+            ),
             ("--ns-steps", self.ns_steps.is_some(), muon),
             (
                 "--momentum-warmup-start",
@@ -514,6 +561,24 @@ impl TrainArgs {
                 self.momentum_warmup_steps.is_some(),
                 muon,
             ),
+            ("--dampening", self.dampening.is_some(), is(&[K::Sgd])),
+            (
+                "--eps",
+                self.eps.is_some(),
+                is(&[K::Adagrad, K::Rmsprop, K::Adadelta]),
+            ),
+            ("--lr-decay", self.lr_decay.is_some(), is(&[K::Adagrad])),
+            (
+                "--initial-accumulator",
+                self.initial_accumulator.is_some(),
+                is(&[K::Adagrad]),
+            ),
+            ("--alpha", self.alpha.is_some(), is(&[K::Rmsprop])),
+            ("--centered", self.centered.is_some(), is(&[K::Rmsprop])),
+            ("--rho", self.rho.is_some(), is(&[K::Adadelta])),
+            ("--adam-beta1", self.adam_beta1.is_some(), adam_groups),
+            ("--adam-beta2", self.adam_beta2.is_some(), adam_groups),
+            ("--adam-eps", self.adam_eps.is_some(), adam_groups),
             ("--softcap", self.softcap.is_some(), speedrun),
             ("--rope-base", self.rope_base.is_some(), speedrun),
             // gpt2 ties the head to the embeddings; speedrun has no gains or biases.
@@ -533,6 +598,79 @@ fn set<T: Copy>(target: &mut T, value: Option<T>) {
 }
 
 impl TrainArgs {
+    /// Every group's update rule: the architecture's defaults with the flags applied.
+    fn optim_config(&self) -> Result<OptimConfig> {
+        let mut optim = OptimConfig::defaults(self.arch, self.optimizer);
+        let matrix = &mut optim.matrix;
+        set(matrix.lr_mut(), self.lr);
+        set(matrix.weight_decay_mut(), self.weight_decay);
+        match matrix {
+            UpdateRule::Muon(muon) => {
+                set(&mut muon.momentum, self.momentum);
+                set(&mut muon.nesterov, self.nesterov);
+                set(&mut muon.ns_steps, self.ns_steps);
+                set(&mut muon.momentum_warmup_start, self.momentum_warmup_start);
+                set(&mut muon.momentum_warmup_steps, self.momentum_warmup_steps);
+            }
+            UpdateRule::Sgd(sgd) => {
+                set(&mut sgd.momentum, self.momentum);
+                set(&mut sgd.nesterov, self.nesterov);
+                set(&mut sgd.dampening, self.dampening);
+            }
+            UpdateRule::Adagrad(adagrad) => {
+                set(&mut adagrad.eps, self.eps);
+                set(&mut adagrad.lr_decay, self.lr_decay);
+                set(
+                    &mut adagrad.initial_accumulator_value,
+                    self.initial_accumulator,
+                );
+            }
+            UpdateRule::Rmsprop(rmsprop) => {
+                set(&mut rmsprop.eps, self.eps);
+                set(&mut rmsprop.alpha, self.alpha);
+                set(&mut rmsprop.momentum, self.momentum);
+                set(&mut rmsprop.centered, self.centered);
+            }
+            UpdateRule::Adadelta(adadelta) => {
+                set(&mut adadelta.eps, self.eps);
+                set(&mut adadelta.rho, self.rho);
+            }
+            UpdateRule::Adam(_) | UpdateRule::Adamw(_) | UpdateRule::Nadamw(_) => {}
+        }
+        if self.optimizer_all {
+            ensure!(
+                matrix.elementwise(0, 1.0).is_some(),
+                "--optimizer-all needs an element-wise optimizer: {} updates hidden matrices only",
+                self.optimizer
+            );
+            optim.embedding = optim.matrix.clone();
+            optim.head = optim.matrix.clone();
+            optim.scalar = optim.matrix.clone();
+        }
+        for (rule, lr) in [
+            (&mut optim.embedding, self.embed_lr),
+            (&mut optim.head, self.head_lr),
+            (&mut optim.scalar, self.scalar_lr),
+        ] {
+            set(rule.lr_mut(), lr);
+        }
+        set(optim.embedding.weight_decay_mut(), self.embed_weight_decay);
+        set(optim.head.weight_decay_mut(), self.embed_weight_decay);
+        for rule in [
+            &mut optim.matrix,
+            &mut optim.embedding,
+            &mut optim.head,
+            &mut optim.scalar,
+        ] {
+            if let Some(adam) = rule.adam_mut() {
+                set(&mut adam.beta1, self.adam_beta1);
+                set(&mut adam.beta2, self.adam_beta2);
+                set(&mut adam.eps, self.adam_eps);
+            }
+        }
+        Ok(optim)
+    }
+
     fn config(&self) -> Result<TrainConfig> {
         let unused = self.inapplicable_flags();
         ensure!(
@@ -553,38 +691,7 @@ impl TrainArgs {
         };
         let model = ModelConfig::new(self.arch, self.model, &overrides)?;
 
-        let mut optim = OptimConfig::defaults(self.arch, self.optimizer);
-        let adam_overrides = |adam: &mut AdamConfig| {
-            set(&mut adam.beta1, self.adam_beta1);
-            set(&mut adam.beta2, self.adam_beta2);
-            set(&mut adam.eps, self.adam_eps);
-        };
-        match &mut optim.matrix {
-            MatrixOptimizer::Muon(muon) => {
-                set(&mut muon.lr, self.lr);
-                set(&mut muon.weight_decay, self.weight_decay);
-                set(&mut muon.momentum, self.momentum);
-                set(&mut muon.nesterov, self.nesterov);
-                set(&mut muon.ns_steps, self.ns_steps);
-                set(&mut muon.momentum_warmup_start, self.momentum_warmup_start);
-                set(&mut muon.momentum_warmup_steps, self.momentum_warmup_steps);
-            }
-            MatrixOptimizer::Adamw(adam) => {
-                set(&mut adam.lr, self.lr);
-                set(&mut adam.weight_decay, self.weight_decay);
-                adam_overrides(adam);
-            }
-        }
-        for (adam, lr) in [
-            (&mut optim.embedding, self.embed_lr),
-            (&mut optim.head, self.head_lr),
-            (&mut optim.scalar, self.scalar_lr),
-        ] {
-            set(&mut adam.lr, lr);
-            adam_overrides(adam);
-        }
-        set(&mut optim.embedding.weight_decay, self.embed_weight_decay);
-        set(&mut optim.head.weight_decay, self.embed_weight_decay);
+        let optim = self.optim_config()?;
 
         let (warmup, cooldown, final_frac, clip) = match self.arch {
             Arch::Speedrun => (0, 0.4, 0.1, 0.0),

@@ -23,9 +23,7 @@ use tracing::info;
 
 use crate::backend::{Backend, IGNORE_TARGET};
 use crate::model::{Arch, Gpt, ModelConfig, ModelOverrides, ModelSize, Pass};
-use crate::optim::{
-    AdamConfig, MatrixOptimizer, MuonConfig, OptimConfig, Optimizer, OptimizerKind,
-};
+use crate::optim::{OptimConfig, Optimizer, OptimizerKind, UpdateRule};
 use crate::progress::Progress;
 use crate::train::STOP_REQUESTED;
 
@@ -60,17 +58,18 @@ pub struct GrokConfig {
     pub layers: usize,
     pub width: usize,
     pub heads: usize,
-    /// The update rule of the hidden matrices; every other parameter uses AdamW.
+    /// The update rule of every parameter, or, with Muon, of the hidden matrices (AdamW
+    /// updates the rest).
     pub optimizer: OptimizerKind,
-    /// AdamW learning rate (every group under AdamW; all but the matrices under Muon).
+    /// Learning rate of every group (all but the hidden matrices under Muon).
     pub lr: f32,
     /// Muon learning rate of the hidden matrices (with `optimizer: muon`).
     pub muon_lr: f32,
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
-    /// Decoupled weight decay on every parameter group (each step multiplies the weights by
-    /// 1 − lr·weight_decay).
+    /// Weight decay on every parameter group: decoupled (each step multiplies the weights by
+    /// 1 − lr·weight_decay) for AdamW, NAdamW and Muon, added to the gradient for the others.
     pub weight_decay: f32,
     /// The learning rate ramps up linearly over this many steps, then stays constant.
     pub warmup_steps: usize,
@@ -124,32 +123,33 @@ impl GrokConfig {
         ModelConfig::new(self.arch, ModelSize::Tiny, &overrides)
     }
 
-    /// AdamW with the same hyper-parameters on every group, or Muon on the hidden matrices.
+    /// `optimizer` on every group with `lr` and `weight_decay` (and, for the Adam family,
+    /// the betas and ε; other rules keep their reference defaults), except with Muon, which
+    /// updates the hidden matrices at `muon_lr` while AdamW updates the rest.
     pub fn optim_config(&self) -> OptimConfig {
-        let adam = AdamConfig {
-            lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
+        let with_settings = |kind| {
+            let mut rule = UpdateRule::defaults(kind);
+            *rule.lr_mut() = self.lr;
+            *rule.weight_decay_mut() = self.weight_decay;
+            if let Some(adam) = rule.adam_mut() {
+                (adam.beta1, adam.beta2, adam.eps) = (self.beta1, self.beta2, self.eps);
+            }
+            rule
         };
-        let matrix = match self.optimizer {
-            OptimizerKind::Adamw => MatrixOptimizer::Adamw(adam.clone()),
-            OptimizerKind::Muon => MatrixOptimizer::Muon(MuonConfig {
-                lr: self.muon_lr,
-                momentum: 0.95,
-                nesterov: true,
-                ns_steps: 5,
-                weight_decay: self.weight_decay,
-                momentum_warmup_start: 0.85,
-                momentum_warmup_steps: 300,
-            }),
+        let (matrix, rest) = match self.optimizer {
+            OptimizerKind::Muon => {
+                let mut muon = UpdateRule::defaults(OptimizerKind::Muon);
+                *muon.lr_mut() = self.muon_lr;
+                *muon.weight_decay_mut() = self.weight_decay;
+                (muon, with_settings(OptimizerKind::Adamw))
+            }
+            kind => (with_settings(kind), with_settings(kind)),
         };
         OptimConfig {
             matrix,
-            embedding: adam.clone(),
-            head: adam.clone(),
-            scalar: adam,
+            embedding: rest.clone(),
+            head: rest.clone(),
+            scalar: rest,
         }
     }
 

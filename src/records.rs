@@ -277,8 +277,8 @@ pub fn grok_table(records: &[GrokRecord]) -> String {
     for r in records {
         let c = &r.config;
         let lr = match c.optimizer {
-            crate::optim::OptimizerKind::Adamw => format!("{}", c.lr),
             crate::optim::OptimizerKind::Muon => format!("{} (adamw {})", c.muon_lr, c.lr),
+            _ => format!("{}", c.lr),
         };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {}×{} ({}h) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",

@@ -122,9 +122,11 @@ fn val_losses(record: &Value) -> Vec<f64> {
         .collect()
 }
 
-fn learns_to_the_entropy_rate(optimizer: &str) {
+/// Trains the tiny model with `optimizer` (and `extra` flags) for 150 steps and checks that it
+/// ends within 0.05 nats of the entropy rate, and the record.
+fn learns_to_the_entropy_rate(optimizer: &str, extra: &[&str]) {
     let ws = Workspace::new();
-    ws.train(&[
+    let mut args = vec![
         "--optimizer",
         optimizer,
         "--max-steps",
@@ -133,7 +135,9 @@ fn learns_to_the_entropy_rate(optimizer: &str) {
         "50",
         "--records",
         "log.jsonl",
-    ]);
+    ];
+    args.extend(extra);
+    ws.train(&args);
     let records = ws.records("log.jsonl");
     assert_eq!(records.len(), 1, "one record per run");
     let r = &records[0];
@@ -175,12 +179,50 @@ fn learns_to_the_entropy_rate(optimizer: &str) {
 
 #[test]
 fn tiny_model_learns_markov_data_to_the_entropy_rate_with_muon() {
-    learns_to_the_entropy_rate("muon");
+    learns_to_the_entropy_rate("muon", &[]);
 }
 
 #[test]
 fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adamw() {
-    learns_to_the_entropy_rate("adamw");
+    learns_to_the_entropy_rate("adamw", &[]);
+}
+
+// Each element-wise optimizer on every group (so that it, not the default AdamW of the
+// embeddings and head, does the learning), at a learning rate tuned for this model by a sweep
+// over factors of about 3 (150 steps, final validation loss 1.132–1.141 against an entropy
+// rate of 1.115 on the build machine); PyTorch's defaults are tuned for other models.
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_sgd_momentum() {
+    learns_to_the_entropy_rate(
+        "sgd",
+        &["--optimizer-all", "--lr", "0.3", "--momentum", "0.9"],
+    );
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adagrad() {
+    learns_to_the_entropy_rate("adagrad", &["--optimizer-all", "--lr", "0.1"]);
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_rmsprop() {
+    learns_to_the_entropy_rate("rmsprop", &["--optimizer-all", "--lr", "0.01"]);
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adadelta() {
+    learns_to_the_entropy_rate("adadelta", &["--optimizer-all", "--lr", "10"]);
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adam() {
+    learns_to_the_entropy_rate("adam", &["--optimizer-all", "--lr", "0.03"]);
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_nadamw() {
+    learns_to_the_entropy_rate("nadamw", &["--optimizer-all", "--lr", "0.03"]);
 }
 
 #[test]
@@ -400,6 +442,39 @@ fn inconsistent_batch_flags_are_rejected_with_the_numbers() {
         err.contains("--arch speedrun --optimizer adamw has no use for --momentum"),
         "{err}"
     );
+    for (flags, expected) in [
+        (
+            &["--optimizer", "sgd", "--alpha", "0.9", "--rho", "0.5"][..],
+            "--optimizer sgd has no use for --alpha, --rho",
+        ),
+        (
+            &["--optimizer", "muon", "--optimizer-all"],
+            "--optimizer-all needs an element-wise optimizer: muon",
+        ),
+        (
+            &[
+                "--optimizer",
+                "sgd",
+                "--optimizer-all",
+                "--adam-beta1",
+                "0.9",
+            ],
+            "has no use for --adam-beta1",
+        ),
+        (
+            &["--optimizer", "sgd", "--nesterov", "true"],
+            "Nesterov SGD needs a positive momentum and zero dampening",
+        ),
+        (
+            &["--optimizer", "rmsprop", "--alpha", "1.5"],
+            "the RMSprop alpha must be in [0, 1), not 1.5",
+        ),
+    ] {
+        let mut args = TINY.to_vec();
+        args.extend(flags);
+        let err = fail(ws.path(), &args);
+        assert!(err.contains(expected), "{flags:?}: {err}");
+    }
 }
 
 /// Starts a run, sends it SIGINT once it has logged step `after`, and returns its log and the

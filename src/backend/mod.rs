@@ -94,16 +94,101 @@ pub struct Gemm {
     pub beta: f32,
 }
 
-/// Hyper-parameters of one Adam(W) update (PyTorch semantics, decoupled weight decay).
+/// Weight decay of the Adam family: added to the gradient (Adam's L2, `torch.optim.Adam`) or
+/// applied to the weights, `p ← p·(1 − lr·wd)` (AdamW's decoupled decay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightDecay {
+    Coupled,
+    Decoupled,
+}
+
+/// One step of an element-wise optimizer over a flat range, with PyTorch's semantics (see each
+/// variant); every hyper-parameter is already scaled for this step. Coupled weight decay means
+/// `g ← g + wd·p` before the rule. The state tensors, each as long as the parameters, come in
+/// the order each variant lists ([`ElementwiseRule::state_names`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
-    /// 1-based step count, for bias correction.
-    pub step: u32,
+pub enum ElementwiseRule {
+    /// `torch.optim.SGD`: coupled decay; with momentum μ > 0, `b ← μ·b + (1 − dampening)·g`
+    /// (`b ← g` on the first step), then `g ← g + μ·b` (Nesterov) or `g ← b`; `p ← p − lr·g`.
+    /// State: `b` when μ > 0.
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        dampening: f32,
+        nesterov: bool,
+        weight_decay: f32,
+        first_step: bool,
+    },
+    /// `torch.optim.Adagrad` (`lr` already decayed): coupled decay; `s ← s + g²`;
+    /// `p ← p − lr·g/(√s + ε)`. State: `s`.
+    Adagrad {
+        lr: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+    /// `torch.optim.RMSprop`: coupled decay; `v ← α·v + (1 − α)·g²`; centered:
+    /// `a ← α·a + (1 − α)·g`, `d = √(v − a²) + ε`, else `d = √v + ε`; with momentum μ > 0,
+    /// `b ← μ·b + g/d`, `p ← p − lr·b`, else `p ← p − lr·g/d`. State: `v`, then `a` if centered,
+    /// then `b` if μ > 0.
+    Rmsprop {
+        lr: f32,
+        alpha: f32,
+        eps: f32,
+        weight_decay: f32,
+        momentum: f32,
+        centered: bool,
+    },
+    /// `torch.optim.Adadelta`: coupled decay; `v ← ρ·v + (1 − ρ)·g²`;
+    /// `Δ = √(u + ε)/√(v + ε)·g`; `u ← ρ·u + (1 − ρ)·Δ²`; `p ← p − lr·Δ`. State: `v`, `u`.
+    Adadelta {
+        lr: f32,
+        rho: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+    /// Adam (`torch.optim.Adam`, coupled decay), AdamW (`torch.optim.AdamW`, decoupled) and,
+    /// with `nesterov`, AlgoPerf's NAdamW baseline (decoupled): `m ← β1·m + (1 − β1)·g`,
+    /// `v ← β2·v + (1 − β2)·g²`, `p ← p − lr/(1 − β1ᵗ)·n/(√v/√(1 − β2ᵗ) + ε)` with `n = m`, or
+    /// `n = β1·m + (1 − β1)·g` with Nesterov. State: `m`, `v`.
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        decay: WeightDecay,
+        nesterov: bool,
+        /// 1-based step count, for bias correction.
+        step: u32,
+    },
+}
+
+impl ElementwiseRule {
+    /// The names of the state tensors the rule reads and writes, in order (PyTorch's names,
+    /// except Adam's `m` and `v`).
+    pub fn state_names(&self) -> Vec<&'static str> {
+        match *self {
+            ElementwiseRule::Sgd { momentum, .. } => {
+                [(momentum != 0.0).then_some("momentum_buffer")]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+            ElementwiseRule::Adagrad { .. } => vec!["sum"],
+            ElementwiseRule::Rmsprop {
+                momentum, centered, ..
+            } => [
+                Some("square_avg"),
+                centered.then_some("grad_avg"),
+                (momentum != 0.0).then_some("momentum_buffer"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            ElementwiseRule::Adadelta { .. } => vec!["square_avg", "acc_delta"],
+            ElementwiseRule::Adam { .. } => vec!["m", "v"],
+        }
+    }
 }
 
 /// Attention shape: `batch` sequences of `seq_len` tokens, `heads` heads of `channels/heads`.
@@ -334,14 +419,14 @@ pub trait Backend {
 
     // ---- optimizer updates ----
 
-    /// One AdamW step over a flat range: `m`, `v` are its moment buffers.
-    fn adamw_update(
+    /// One element-wise optimizer step over a flat range; `state` holds the rule's state
+    /// tensors (as [`ElementwiseRule::state_names`] lists them, each as long as `param`).
+    fn elementwise_update(
         &mut self,
+        rule: ElementwiseRule,
         param: Tensor,
         grad: Tensor,
-        m: Tensor,
-        v: Tensor,
-        hp: AdamStep,
+        state: &[Tensor],
     ) -> Result<()>;
     /// Muon momentum: `m ← β·m + (1−β)·g`; `update ← (1−β)·g + β·m` with Nesterov, else `m`.
     fn muon_momentum(

@@ -13,11 +13,11 @@ use crate::backend::Tensor;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Group {
-    /// Token (and position) embeddings: always Adam.
+    /// Token (and position) embeddings: AdamW unless `--optimizer-all`.
     Embedding,
-    /// The untied output projection: always Adam.
+    /// The untied output projection: AdamW unless `--optimizer-all`.
     Head,
-    /// Gains and biases: always Adam.
+    /// Gains and biases: AdamW unless `--optimizer-all`.
     Scalar,
     /// Hidden 2D matrices: the optimizer chosen by `--optimizer`.
     Matrix,

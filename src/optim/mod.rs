@@ -1,24 +1,52 @@
 //! Optimizers, by parameter group as in the speedrun: the hidden matrices use the optimizer
-//! chosen with `--optimizer`; embeddings, the head and scalars always use Adam, each group with
-//! its own learning rate. Every group is one contiguous range of the flat parameter buffer, so
-//! each element-wise update is one backend call over it.
+//! chosen with `--optimizer`; embeddings, the head and scalars use AdamW unless told otherwise,
+//! each group with its own learning rate. Every group is one contiguous range of the flat
+//! parameter buffer, so each element-wise update is one backend call over it. Each update rule
+//! lives in its own file; [`UpdateRule`] names them all.
 
-mod adamw;
+mod adadelta;
+mod adagrad;
+mod adam;
+mod elementwise;
 mod muon;
+mod rmsprop;
+mod sgd;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, Tensor};
+use crate::backend::{Backend, ElementwiseRule, Tensor};
 use crate::model::{Arch, Gpt, Group};
-pub use adamw::Adam;
+pub use adadelta::AdadeltaConfig;
+pub use adagrad::AdagradConfig;
+pub use adam::{AdamConfig, AdamVariant};
+pub use elementwise::Elementwise;
 pub use muon::{Muon, NewtonSchulzScratch, newton_schulz};
+pub use rmsprop::RmspropConfig;
+pub use sgd::SgdConfig;
 
+/// The optimizers `--optimizer` offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
-    /// AdamW (PyTorch semantics: bias correction, decoupled weight decay).
+    /// SGD with optional (Nesterov) momentum (torch.optim.SGD; lr 1e-3, momentum 0).
+    Sgd,
+    /// Adagrad (torch.optim.Adagrad; lr 1e-2, eps 1e-10).
+    Adagrad,
+    /// RMSprop, optionally centered, with momentum (torch.optim.RMSprop; lr 1e-2, alpha 0.99,
+    /// eps 1e-8).
+    Rmsprop,
+    /// Adadelta (torch.optim.Adadelta; lr 1, rho 0.9, eps 1e-6).
+    Adadelta,
+    /// Adam with L2 weight decay added to the gradient (torch.optim.Adam; lr 1e-3, betas 0.9,
+    /// 0.999).
+    Adam,
+    /// AdamW: decoupled weight decay, bias correction (torch.optim.AdamW semantics; defaults
+    /// of the architecture's record).
     Adamw,
+    /// NAdamW, AlgoPerf's baseline: AdamW with a Nesterov first moment (its self-tuning
+    /// hyper-parameters: lr 0.00175, betas 0.933, 0.9955, wd 0.081).
+    Nadamw,
     /// Muon: Nesterov momentum orthogonalised by a Newton–Schulz iteration.
     Muon,
 }
@@ -26,20 +54,16 @@ pub enum OptimizerKind {
 impl std::fmt::Display for OptimizerKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Adagrad => "adagrad",
+            OptimizerKind::Rmsprop => "rmsprop",
+            OptimizerKind::Adadelta => "adadelta",
+            OptimizerKind::Adam => "adam",
             OptimizerKind::Adamw => "adamw",
+            OptimizerKind::Nadamw => "nadamw",
             OptimizerKind::Muon => "muon",
         })
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AdamConfig {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    /// Decoupled: each step multiplies the weights by (1 − lr·weight_decay).
-    pub weight_decay: f32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,18 +80,120 @@ pub struct MuonConfig {
     pub momentum_warmup_steps: usize,
 }
 
+/// The update rule of one parameter group, with its hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "optimizer", rename_all = "lowercase")]
-pub enum MatrixOptimizer {
+pub enum UpdateRule {
+    Sgd(SgdConfig),
+    Adagrad(AdagradConfig),
+    Rmsprop(RmspropConfig),
+    Adadelta(AdadeltaConfig),
+    Adam(AdamConfig),
     Adamw(AdamConfig),
+    Nadamw(AdamConfig),
     Muon(MuonConfig),
 }
 
-impl MatrixOptimizer {
+impl UpdateRule {
     pub fn kind(&self) -> OptimizerKind {
         match self {
-            MatrixOptimizer::Adamw(_) => OptimizerKind::Adamw,
-            MatrixOptimizer::Muon(_) => OptimizerKind::Muon,
+            UpdateRule::Sgd(_) => OptimizerKind::Sgd,
+            UpdateRule::Adagrad(_) => OptimizerKind::Adagrad,
+            UpdateRule::Rmsprop(_) => OptimizerKind::Rmsprop,
+            UpdateRule::Adadelta(_) => OptimizerKind::Adadelta,
+            UpdateRule::Adam(_) => OptimizerKind::Adam,
+            UpdateRule::Adamw(_) => OptimizerKind::Adamw,
+            UpdateRule::Nadamw(_) => OptimizerKind::Nadamw,
+            UpdateRule::Muon(_) => OptimizerKind::Muon,
+        }
+    }
+
+    /// `kind` with its reference defaults (PyTorch's, AlgoPerf's for NAdamW, KellerJordan/Muon's
+    /// for Muon).
+    pub fn defaults(kind: OptimizerKind) -> UpdateRule {
+        match kind {
+            OptimizerKind::Sgd => UpdateRule::Sgd(SgdConfig::default()),
+            OptimizerKind::Adagrad => UpdateRule::Adagrad(AdagradConfig::default()),
+            OptimizerKind::Rmsprop => UpdateRule::Rmsprop(RmspropConfig::default()),
+            OptimizerKind::Adadelta => UpdateRule::Adadelta(AdadeltaConfig::default()),
+            OptimizerKind::Adam => UpdateRule::Adam(AdamVariant::Adam.defaults()),
+            OptimizerKind::Adamw => UpdateRule::Adamw(AdamVariant::Adamw.defaults()),
+            OptimizerKind::Nadamw => UpdateRule::Nadamw(AdamVariant::Nadamw.defaults()),
+            OptimizerKind::Muon => UpdateRule::Muon(MuonConfig::default()),
+        }
+    }
+
+    /// The backend step of an element-wise rule at `step` (0-based) with the learning rate
+    /// scaled by `lr_scale`; None for matrix rules (Muon).
+    pub fn elementwise(&self, step: usize, lr_scale: f32) -> Option<ElementwiseRule> {
+        Some(match self {
+            UpdateRule::Sgd(c) => c.rule(step, lr_scale),
+            UpdateRule::Adagrad(c) => c.rule(step, lr_scale),
+            UpdateRule::Rmsprop(c) => c.rule(lr_scale),
+            UpdateRule::Adadelta(c) => c.rule(lr_scale),
+            UpdateRule::Adam(c) => c.rule(AdamVariant::Adam, step, lr_scale),
+            UpdateRule::Adamw(c) => c.rule(AdamVariant::Adamw, step, lr_scale),
+            UpdateRule::Nadamw(c) => c.rule(AdamVariant::Nadamw, step, lr_scale),
+            UpdateRule::Muon(_) => return None,
+        })
+    }
+
+    /// The peak learning rate, to override it.
+    pub fn lr_mut(&mut self) -> &mut f32 {
+        match self {
+            UpdateRule::Sgd(c) => &mut c.lr,
+            UpdateRule::Adagrad(c) => &mut c.lr,
+            UpdateRule::Rmsprop(c) => &mut c.lr,
+            UpdateRule::Adadelta(c) => &mut c.lr,
+            UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => &mut c.lr,
+            UpdateRule::Muon(c) => &mut c.lr,
+        }
+    }
+
+    /// The weight decay (coupled or decoupled, as the rule defines it), to override it.
+    pub fn weight_decay_mut(&mut self) -> &mut f32 {
+        match self {
+            UpdateRule::Sgd(c) => &mut c.weight_decay,
+            UpdateRule::Adagrad(c) => &mut c.weight_decay,
+            UpdateRule::Rmsprop(c) => &mut c.weight_decay,
+            UpdateRule::Adadelta(c) => &mut c.weight_decay,
+            UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => {
+                &mut c.weight_decay
+            }
+            UpdateRule::Muon(c) => &mut c.weight_decay,
+        }
+    }
+
+    /// The Adam family's settings, if the rule is one of them.
+    pub fn adam_mut(&mut self) -> Option<&mut AdamConfig> {
+        match self {
+            UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, group: &str) -> Result<()> {
+        match self {
+            UpdateRule::Sgd(c) => c.validate(group),
+            UpdateRule::Adagrad(c) => c.validate(group),
+            UpdateRule::Rmsprop(c) => c.validate(group),
+            UpdateRule::Adadelta(c) => c.validate(group),
+            UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => c.validate(group),
+            UpdateRule::Muon(c) => c.validate(),
+        }
+    }
+
+    /// One line for the start-up summary.
+    pub fn describe(&self) -> String {
+        match self {
+            UpdateRule::Sgd(c) => c.describe(),
+            UpdateRule::Adagrad(c) => c.describe(),
+            UpdateRule::Rmsprop(c) => c.describe(),
+            UpdateRule::Adadelta(c) => c.describe(),
+            UpdateRule::Adam(c) => c.describe(AdamVariant::Adam),
+            UpdateRule::Adamw(c) => c.describe(AdamVariant::Adamw),
+            UpdateRule::Nadamw(c) => c.describe(AdamVariant::Nadamw),
+            UpdateRule::Muon(c) => c.describe(),
         }
     }
 }
@@ -75,14 +201,32 @@ impl MatrixOptimizer {
 /// The update rule of every parameter group.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
-    pub matrix: MatrixOptimizer,
-    pub embedding: AdamConfig,
-    pub head: AdamConfig,
-    pub scalar: AdamConfig,
+    pub matrix: UpdateRule,
+    #[serde(deserialize_with = "rule_or_bare_adamw")]
+    pub embedding: UpdateRule,
+    #[serde(deserialize_with = "rule_or_bare_adamw")]
+    pub head: UpdateRule,
+    #[serde(deserialize_with = "rule_or_bare_adamw")]
+    pub scalar: UpdateRule,
+}
+
+/// Reads a group's rule, or the bare AdamW settings (no "optimizer" field) that records and
+/// checkpoints written before the optimizer zoo hold for the non-matrix groups.
+fn rule_or_bare_adamw<'de, D: serde::Deserializer<'de>>(d: D) -> Result<UpdateRule, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Rule(UpdateRule),
+        BareAdamw(AdamConfig),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Rule(rule) => rule,
+        Either::BareAdamw(adam) => UpdateRule::Adamw(adam),
+    })
 }
 
 /// Checks that a hyper-parameter is finite and in `range` (described in words by `expected`).
-fn check(
+pub(super) fn check(
     name: &str,
     value: f32,
     range: impl std::ops::RangeBounds<f32>,
@@ -95,35 +239,39 @@ fn check(
     Ok(())
 }
 
-const NON_NEGATIVE: &str = "finite and not negative";
-const FRACTION: &str = "in [0, 1)";
+pub(super) const NON_NEGATIVE: &str = "finite and not negative";
+pub(super) const FRACTION: &str = "in [0, 1)";
 
-impl AdamConfig {
-    fn validate(&self, group: &str) -> Result<()> {
-        check(
-            &format!("the {group} learning rate"),
-            self.lr,
-            0.0..,
-            NON_NEGATIVE,
-        )?;
-        check("Adam beta1", self.beta1, 0.0..1.0, FRACTION)?;
-        check("Adam beta2", self.beta2, 0.0..1.0, FRACTION)?;
-        check(
-            "Adam epsilon",
-            self.eps,
-            f32::MIN_POSITIVE..,
-            "positive and finite",
-        )?;
-        check(
-            &format!("the {group} weight decay"),
-            self.weight_decay,
-            0.0..,
-            NON_NEGATIVE,
-        )
+/// The speedrun's Muon (modded-nanogpt): lr 0.05, Nesterov momentum 0.95 ramped up from 0.85
+/// over 300 steps, 5 Newton–Schulz steps, no weight decay.
+impl Default for MuonConfig {
+    fn default() -> Self {
+        MuonConfig {
+            lr: 0.05,
+            momentum: 0.95,
+            nesterov: true,
+            ns_steps: 5,
+            weight_decay: 0.0,
+            momentum_warmup_start: 0.85,
+            momentum_warmup_steps: 300,
+        }
     }
 }
 
 impl MuonConfig {
+    fn describe(&self) -> String {
+        format!(
+            "muon lr {} momentum {} (from {} over {} steps) nesterov {} ns_steps {} wd {}",
+            self.lr,
+            self.momentum,
+            self.momentum_warmup_start,
+            self.momentum_warmup_steps,
+            self.nesterov,
+            self.ns_steps,
+            self.weight_decay
+        )
+    }
+
     fn validate(&self) -> Result<()> {
         check("the Muon learning rate", self.lr, 0.0.., NON_NEGATIVE)?;
         check("the Muon momentum", self.momentum, 0.0..1.0, FRACTION)?;
@@ -149,40 +297,40 @@ impl MuonConfig {
 
 impl OptimConfig {
     pub fn validate(&self) -> Result<()> {
-        match &self.matrix {
-            MatrixOptimizer::Adamw(adam) => adam.validate("matrix")?,
-            MatrixOptimizer::Muon(muon) => muon.validate()?,
+        self.matrix.validate("matrix")?;
+        for (group, rule) in [
+            ("embedding", &self.embedding),
+            ("head", &self.head),
+            ("scalar", &self.scalar),
+        ] {
+            if rule.kind() == OptimizerKind::Muon {
+                bail!("Muon orthogonalises hidden matrices only; the {group} group cannot use it");
+            }
+            rule.validate(group)?;
         }
-        self.embedding.validate("embedding")?;
-        self.head.validate("head")?;
-        self.scalar.validate("scalar")
+        Ok(())
     }
 
     /// Defaults of the record each architecture comes from: the speedrun's (modded-nanogpt)
-    /// for `speedrun`, llm.c's GPT-2 (124M) run for `gpt2`.
+    /// for `speedrun`, llm.c's GPT-2 (124M) run for `gpt2`, with AdamW for the embeddings, the
+    /// head and the scalars. The hidden matrices get `kind` with those defaults for AdamW and
+    /// Muon, and with the reference defaults ([`UpdateRule::defaults`]) for the others.
     pub fn defaults(arch: Arch, kind: OptimizerKind) -> OptimConfig {
-        let adam = |lr: f32, beta1: f32, eps: f32, weight_decay: f32| AdamConfig {
-            lr,
-            beta1,
-            beta2: 0.95,
-            eps,
-            weight_decay,
-        };
-        let muon = MuonConfig {
-            lr: 0.05,
-            momentum: 0.95,
-            nesterov: true,
-            ns_steps: 5,
-            weight_decay: 0.0,
-            momentum_warmup_start: 0.85,
-            momentum_warmup_steps: 300,
+        let adam = |lr: f32, beta1: f32, eps: f32, weight_decay: f32| {
+            UpdateRule::Adamw(AdamConfig {
+                lr,
+                beta1,
+                beta2: 0.95,
+                eps,
+                weight_decay,
+            })
         };
         match arch {
             Arch::Speedrun => OptimConfig {
                 matrix: match kind {
                     // Keller Jordan's AdamW baseline learning rate (3× llm.c's).
-                    OptimizerKind::Adamw => MatrixOptimizer::Adamw(adam(0.0018, 0.8, 1e-10, 0.0)),
-                    OptimizerKind::Muon => MatrixOptimizer::Muon(muon),
+                    OptimizerKind::Adamw => adam(0.0018, 0.8, 1e-10, 0.0),
+                    _ => UpdateRule::defaults(kind),
                 },
                 embedding: adam(0.6, 0.8, 1e-10, 0.0),
                 head: adam(0.008, 0.8, 1e-10, 0.0),
@@ -192,13 +340,23 @@ impl OptimConfig {
             // tensors (embeddings and matrices), none on gains and biases.
             Arch::Gpt2 => OptimConfig {
                 matrix: match kind {
-                    OptimizerKind::Adamw => MatrixOptimizer::Adamw(adam(6e-4, 0.9, 1e-8, 0.1)),
-                    OptimizerKind::Muon => MatrixOptimizer::Muon(muon),
+                    OptimizerKind::Adamw => adam(6e-4, 0.9, 1e-8, 0.1),
+                    _ => UpdateRule::defaults(kind),
                 },
                 embedding: adam(6e-4, 0.9, 1e-8, 0.1),
                 head: adam(6e-4, 0.9, 1e-8, 0.1),
                 scalar: adam(6e-4, 0.9, 1e-8, 0.0),
             },
+        }
+    }
+
+    /// The rule of `group`.
+    pub fn rule(&self, group: Group) -> &UpdateRule {
+        match group {
+            Group::Matrix => &self.matrix,
+            Group::Embedding => &self.embedding,
+            Group::Head => &self.head,
+            Group::Scalar => &self.scalar,
         }
     }
 }
@@ -246,18 +404,13 @@ impl Optimizer {
                 param: model.param_buffer.slice(start, len),
                 grad: model.grad_buffer.slice(start, len),
             };
-            let rule: Box<dyn GroupOptimizer> = match (group, &config.matrix) {
-                (Group::Matrix, MatrixOptimizer::Muon(muon)) => {
+            let rule = config.rule(group);
+            let rule: Box<dyn GroupOptimizer> = match rule {
+                UpdateRule::Muon(muon) if group == Group::Matrix => {
                     Box::new(Muon::new(backend, &range, &specs, muon.clone())?)
                 }
-                (Group::Matrix, MatrixOptimizer::Adamw(adam)) => {
-                    Box::new(Adam::new(backend, &range, adam.clone())?)
-                }
-                (Group::Embedding, _) => {
-                    Box::new(Adam::new(backend, &range, config.embedding.clone())?)
-                }
-                (Group::Head, _) => Box::new(Adam::new(backend, &range, config.head.clone())?),
-                (Group::Scalar, _) => Box::new(Adam::new(backend, &range, config.scalar.clone())?),
+                UpdateRule::Muon(_) => bail!("Muon cannot update the {} group", group.name()),
+                _ => Box::new(Elementwise::new(backend, &range, rule.clone())?),
             };
             groups.push((range, rule));
         }

@@ -222,16 +222,6 @@ impl GroupOptimizer for Muon {
     }
 
     fn describe(&self) -> String {
-        let c = &self.config;
-        format!(
-            "muon lr {} momentum {} (from {} over {} steps) nesterov {} ns_steps {} wd {}",
-            c.lr,
-            c.momentum,
-            c.momentum_warmup_start,
-            c.momentum_warmup_steps,
-            c.nesterov,
-            c.ns_steps,
-            c.weight_decay
-        )
+        self.config.describe()
     }
 }

@@ -24,7 +24,7 @@ use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 use anyhow::{Result, ensure};
 
-use super::{AdamStep, AttentionShape, Backend, BufferKind, Gemm, Tensor, TokenTensor};
+use super::{AttentionShape, Backend, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor};
 use views::Views;
 
 /// Elements per task of the elementwise and reduction loops: large enough to amortise
@@ -550,22 +550,17 @@ impl<F: Real> Backend for CpuBackend<F> {
         Ok(())
     }
 
-    fn adamw_update(
+    fn elementwise_update(
         &mut self,
+        rule: ElementwiseRule,
         param: Tensor,
         grad: Tensor,
-        m: Tensor,
-        v: Tensor,
-        hp: AdamStep,
+        state: &[Tensor],
     ) -> Result<()> {
         let mut views = self.views();
-        optim::adamw(
-            views.mutable(param),
-            views.shared(grad),
-            views.mutable(m),
-            views.mutable(v),
-            hp,
-        );
+        let (param, grad) = (views.mutable(param), views.shared(grad));
+        let state = state.iter().map(|&s| views.mutable(s)).collect();
+        optim::elementwise(rule, param, grad, state);
         Ok(())
     }
 

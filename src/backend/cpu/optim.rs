@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::{CHUNK, Real};
-use crate::backend::AdamStep;
+use crate::backend::{ElementwiseRule, WeightDecay};
 
 pub(super) fn fill<F: Real>(x: &mut [F], value: F) {
     x.par_chunks_mut(CHUNK).for_each(|x| x.fill(value));
@@ -23,31 +23,178 @@ pub(super) fn sum<F: Real>(x: &[F], f: impl Fn(f64) -> f64 + Sync) -> f64 {
     partials.iter().sum()
 }
 
-/// PyTorch's AdamW: decoupled decay, then the bias-corrected Adam step.
-pub(super) fn adamw<F: Real>(param: &mut [F], grad: &[F], m: &mut [F], v: &mut [F], hp: AdamStep) {
+/// Runs `f(p, g, state)` on every element, in parallel over fixed chunks: `states` are as long
+/// as `param`, and `f` gets the element of each.
+fn par_update<F: Real, const N: usize>(
+    param: &mut [F],
+    grad: &[F],
+    states: [&mut [F]; N],
+    f: impl Fn(&mut F, F, [&mut F; N]) + Sync,
+) {
     assert!(
-        grad.len() == param.len() && m.len() == param.len() && v.len() == param.len(),
-        "adamw operand sizes"
+        grad.len() == param.len() && states.iter().all(|s| s.len() == param.len()),
+        "optimizer operand sizes"
+    );
+    let mut state_chunks = states.map(|s| s.chunks_mut(CHUNK));
+    let chunks: Vec<_> = param
+        .chunks_mut(CHUNK)
+        .zip(grad.chunks(CHUNK))
+        .map(|(p, g)| {
+            let s: [&mut [F]; N] =
+                std::array::from_fn(|k| state_chunks[k].next().expect("equal lengths"));
+            (p, g, s)
+        })
+        .collect();
+    chunks.into_par_iter().for_each(|(p, g, mut s)| {
+        for i in 0..p.len() {
+            f(&mut p[i], g[i], s.each_mut().map(|c| &mut c[i]));
+        }
+    });
+}
+
+/// The state tensors as an array of the length the rule's branch expects.
+fn take<T, const N: usize>(state: Vec<T>) -> [T; N] {
+    state
+        .try_into()
+        .unwrap_or_else(|_| panic!("optimizer state count"))
+}
+
+/// One step of `rule` (see [`ElementwiseRule`] for each formula) with its state tensors.
+pub(super) fn elementwise<F: Real>(
+    rule: ElementwiseRule,
+    param: &mut [F],
+    grad: &[F],
+    state: Vec<&mut [F]>,
+) {
+    assert_eq!(
+        state.len(),
+        rule.state_names().len(),
+        "optimizer state count"
     );
     let of = |x: f32| F::of(x as f64);
-    let (lr, beta1, beta2, eps) = (of(hp.lr), of(hp.beta1), of(hp.beta2), of(hp.eps));
-    let decay = F::one() - lr * of(hp.weight_decay);
-    let step = hp.step as i32;
-    let bias1 = F::one() - beta1.powi(step);
-    let bias2_sqrt = (F::one() - beta2.powi(step)).sqrt();
-    let step_size = lr / bias1;
-    param
-        .par_chunks_mut(CHUNK)
-        .zip(grad.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-        .for_each(|((p, g), (m, v))| {
-            for i in 0..p.len() {
-                m[i] = beta1 * m[i] + (F::one() - beta1) * g[i];
-                v[i] = beta2 * v[i] + (F::one() - beta2) * g[i] * g[i];
-                let denom = v[i].sqrt() / bias2_sqrt + eps;
-                p[i] = p[i] * decay - step_size * m[i] / denom;
+    let one = F::one();
+    match rule {
+        ElementwiseRule::Sgd {
+            lr,
+            momentum,
+            dampening,
+            nesterov,
+            weight_decay,
+            first_step,
+        } => {
+            let (lr, mu, damp, wd) = (of(lr), of(momentum), of(dampening), of(weight_decay));
+            if momentum == 0.0 {
+                par_update(param, grad, [], |p, g, []| *p -= lr * (g + wd * *p));
+            } else {
+                par_update(param, grad, take(state), |p, g, [b]| {
+                    let g = g + wd * *p;
+                    *b = if first_step {
+                        g
+                    } else {
+                        mu * *b + (one - damp) * g
+                    };
+                    *p -= lr * if nesterov { g + mu * *b } else { *b };
+                });
             }
-        });
+        }
+        ElementwiseRule::Adagrad {
+            lr,
+            eps,
+            weight_decay,
+        } => {
+            let (lr, eps, wd) = (of(lr), of(eps), of(weight_decay));
+            par_update(param, grad, take(state), |p, g, [s]| {
+                let g = g + wd * *p;
+                *s += g * g;
+                *p -= lr * g / (s.sqrt() + eps);
+            });
+        }
+        ElementwiseRule::Rmsprop {
+            lr,
+            alpha,
+            eps,
+            weight_decay,
+            momentum,
+            centered,
+        } => {
+            let (lr, alpha, eps, wd, mu) =
+                (of(lr), of(alpha), of(eps), of(weight_decay), of(momentum));
+            // The step g/d, updating the square (and gradient) averages.
+            let scaled = |p: F, g: F, v: &mut F, a: Option<&mut F>| {
+                let g = g + wd * p;
+                *v = alpha * *v + (one - alpha) * g * g;
+                let mean_square = match a {
+                    Some(a) => {
+                        *a = alpha * *a + (one - alpha) * g;
+                        *v - *a * *a
+                    }
+                    None => *v,
+                };
+                g / (mean_square.sqrt() + eps)
+            };
+            match (centered, momentum != 0.0) {
+                (false, false) => par_update(param, grad, take(state), |p, g, [v]| {
+                    *p -= lr * scaled(*p, g, v, None)
+                }),
+                (true, false) => par_update(param, grad, take(state), |p, g, [v, a]| {
+                    *p -= lr * scaled(*p, g, v, Some(a))
+                }),
+                (false, true) => par_update(param, grad, take(state), |p, g, [v, b]| {
+                    *b = mu * *b + scaled(*p, g, v, None);
+                    *p -= lr * *b;
+                }),
+                (true, true) => par_update(param, grad, take(state), |p, g, [v, a, b]| {
+                    *b = mu * *b + scaled(*p, g, v, Some(a));
+                    *p -= lr * *b;
+                }),
+            }
+        }
+        ElementwiseRule::Adadelta {
+            lr,
+            rho,
+            eps,
+            weight_decay,
+        } => {
+            let (lr, rho, eps, wd) = (of(lr), of(rho), of(eps), of(weight_decay));
+            par_update(param, grad, take(state), |p, g, [v, u]| {
+                let g = g + wd * *p;
+                *v = rho * *v + (one - rho) * g * g;
+                let delta = (*u + eps).sqrt() / (*v + eps).sqrt() * g;
+                *u = rho * *u + (one - rho) * delta * delta;
+                *p -= lr * delta;
+            });
+        }
+        ElementwiseRule::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decay,
+            nesterov,
+            step,
+        } => {
+            let (lr, beta1, beta2, eps) = (of(lr), of(beta1), of(beta2), of(eps));
+            let (coupled, keep) = match decay {
+                WeightDecay::Coupled => (of(weight_decay), one),
+                WeightDecay::Decoupled => (F::zero(), one - lr * of(weight_decay)),
+            };
+            let step = step as i32;
+            let step_size = lr / (one - beta1.powi(step));
+            let bias2_sqrt = (one - beta2.powi(step)).sqrt();
+            par_update(param, grad, take(state), |p, g, [m, v]| {
+                let g = g + coupled * *p;
+                *m = beta1 * *m + (one - beta1) * g;
+                *v = beta2 * *v + (one - beta2) * g * g;
+                let numerator = if nesterov {
+                    beta1 * *m + (one - beta1) * g
+                } else {
+                    *m
+                };
+                *p = *p * keep - step_size * numerator / (v.sqrt() / bias2_sqrt + eps);
+            });
+        }
+    }
 }
 
 pub(super) fn muon_momentum<F: Real>(
