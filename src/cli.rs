@@ -18,7 +18,7 @@ use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
 use crate::grok::GrokConfig;
 use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
-use crate::optim::{OptimConfig, OptimizerKind, UpdateRule};
+use crate::optim::{NsCoefficients, OptimConfig, OptimizerKind, UpdateRule};
 use crate::records;
 use crate::train::checkpoint::Checkpoint;
 use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
@@ -232,6 +232,10 @@ struct TrainArgs {
     /// muon: Newton–Schulz iterations [default: 5].
     #[arg(long, help_heading = "Optimizer")]
     ns_steps: Option<usize>,
+    /// muon: the Newton–Schulz polynomials: Keller Jordan's quintic at every step, or Polar
+    /// Express's per-step ones (at most 5 steps) [default: quintic].
+    #[arg(long, value_enum, help_heading = "Optimizer")]
+    ns_coeffs: Option<NsCoefficients>,
     /// muon: momentum at step 0, ramped linearly to --momentum [default: 0.85].
     #[arg(long, help_heading = "Optimizer")]
     momentum_warmup_start: Option<f32>,
@@ -551,6 +555,7 @@ impl TrainArgs {
                 is(&[K::Muon, K::Sgd]),
             ),
             ("--ns-steps", self.ns_steps.is_some(), muon),
+            ("--ns-coeffs", self.ns_coeffs.is_some(), muon),
             (
                 "--momentum-warmup-start",
                 self.momentum_warmup_start.is_some(),
@@ -609,6 +614,7 @@ impl TrainArgs {
                 set(&mut muon.momentum, self.momentum);
                 set(&mut muon.nesterov, self.nesterov);
                 set(&mut muon.ns_steps, self.ns_steps);
+                set(&mut muon.ns_coefficients, self.ns_coeffs);
                 set(&mut muon.momentum_warmup_start, self.momentum_warmup_start);
                 set(&mut muon.momentum_warmup_steps, self.momentum_warmup_steps);
             }

@@ -21,7 +21,7 @@ pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::{AdamConfig, AdamVariant};
 pub use elementwise::Elementwise;
-pub use muon::{Muon, NewtonSchulzScratch, newton_schulz};
+pub use muon::{Muon, NewtonSchulzScratch, NsCoefficients, newton_schulz};
 pub use rmsprop::RmspropConfig;
 pub use sgd::SgdConfig;
 
@@ -72,6 +72,10 @@ pub struct MuonConfig {
     pub momentum: f32,
     pub nesterov: bool,
     pub ns_steps: usize,
+    /// Keller Jordan's quintic or Polar Express (absent in configs of earlier versions: the
+    /// quintic).
+    #[serde(default)]
+    pub ns_coefficients: NsCoefficients,
     /// Decoupled, as in AdamW.
     pub weight_decay: f32,
     /// The momentum ramps linearly from this value to `momentum` over the first
@@ -251,6 +255,7 @@ impl Default for MuonConfig {
             momentum: 0.95,
             nesterov: true,
             ns_steps: 5,
+            ns_coefficients: NsCoefficients::Quintic,
             weight_decay: 0.0,
             momentum_warmup_start: 0.85,
             momentum_warmup_steps: 300,
@@ -261,13 +266,14 @@ impl Default for MuonConfig {
 impl MuonConfig {
     fn describe(&self) -> String {
         format!(
-            "muon lr {} momentum {} (from {} over {} steps) nesterov {} ns_steps {} wd {}",
+            "muon lr {} momentum {} (from {} over {} steps) nesterov {} ns_steps {} ({:?}) wd {}",
             self.lr,
             self.momentum,
             self.momentum_warmup_start,
             self.momentum_warmup_steps,
             self.nesterov,
             self.ns_steps,
+            self.ns_coefficients,
             self.weight_decay
         )
     }
@@ -291,6 +297,13 @@ impl MuonConfig {
             self.ns_steps > 0,
             "Muon needs at least one Newton–Schulz step"
         );
+        if let Some(most) = self.ns_coefficients.max_steps() {
+            anyhow::ensure!(
+                self.ns_steps <= most,
+                "the Polar Express schedule defines {most} Newton–Schulz steps, not {}",
+                self.ns_steps
+            );
+        }
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! matrix products.
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
 use super::{GroupOptimizer, GroupRange, MuonConfig};
 use crate::backend::{Backend, BufferKind, Gemm, Tensor};
@@ -12,6 +13,48 @@ use crate::model::ParamSpec;
 /// values quickly towards 1 without converging exactly (they land in about 0.7–1.1).
 pub const NS_COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
 const NS_EPS: f32 = 1e-7;
+
+/// Polar Express (Amsel et al. 2025, as modded-nanogpt uses it since 09/2025): one (a, b, c) per
+/// iteration, optimal for each step in turn, for at most five iterations.
+pub const POLAR_EXPRESS_COEFFICIENTS: [(f32, f32, f32); 5] = [
+    (8.156_554, -22.483_293, 15.878_77),
+    (4.042_93, -2.808_917_5, 0.500_017_8),
+    (3.891_668, -2.772_484, 0.506_064_8),
+    (3.285_753_7, -2.368_129_5, 0.464_490_24),
+    (2.346_541_3, -1.709_782_8, 0.423_235_5),
+];
+/// Polar Express divides by ‖X‖_F·(1 + 2%) + 1e-6: the margin keeps the largest singular
+/// value below 1 under rounding, where its polynomials are tuned.
+const POLAR_SAFETY: f32 = 1.02;
+const POLAR_EPS: f32 = 1e-6;
+
+/// The polynomial schedule of the Newton–Schulz iteration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NsCoefficients {
+    /// Keller Jordan's (3.4445, −4.7750, 2.0315) at every step.
+    #[default]
+    Quintic,
+    /// Polar Express: per-step coefficients, at most 5 steps.
+    Polar,
+}
+
+impl NsCoefficients {
+    /// The most steps the schedule defines.
+    pub fn max_steps(self) -> Option<usize> {
+        match self {
+            NsCoefficients::Quintic => None,
+            NsCoefficients::Polar => Some(POLAR_EXPRESS_COEFFICIENTS.len()),
+        }
+    }
+
+    fn at(self, step: usize) -> (f32, f32, f32) {
+        match self {
+            NsCoefficients::Quintic => NS_COEFFICIENTS,
+            NsCoefficients::Polar => POLAR_EXPRESS_COEFFICIENTS[step],
+        }
+    }
+}
 
 /// Matrices of one shape, back to back in the group's range.
 #[derive(Clone, Copy, Debug)]
@@ -60,8 +103,10 @@ impl NewtonSchulzScratch {
 
 /// Replaces each of the `count` `rows × cols` matrices in `x` by an approximate orthogonal
 /// factor U·Vᵀ of itself: normalise by the Frobenius norm, then iterate
-/// X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ. A tall matrix is treated as its transpose (A = XᵀX,
-/// X ← a·X + X·(b·A + c·A²)), so only the smaller Gram matrix is ever formed.
+/// X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ and (a, b, c) from `coefficients`. A tall matrix is
+/// treated as its transpose (A = XᵀX, X ← a·X + X·(b·A + c·A²)), so only the smaller Gram
+/// matrix is ever formed.
+#[allow(clippy::too_many_arguments)]
 pub fn newton_schulz(
     backend: &mut dyn Backend,
     x: Tensor,
@@ -69,9 +114,15 @@ pub fn newton_schulz(
     cols: usize,
     count: usize,
     steps: usize,
+    coefficients: NsCoefficients,
     scratch: &NewtonSchulzScratch,
 ) -> Result<()> {
-    let (a, b, c) = NS_COEFFICIENTS;
+    if let Some(most) = coefficients.max_steps() {
+        anyhow::ensure!(
+            steps <= most,
+            "{coefficients:?} defines {most} Newton–Schulz steps, not {steps}"
+        );
+    }
     let tall = rows > cols;
     let (small, large) = (rows.min(cols), rows.max(cols));
     let gram = scratch.gram.slice(0, count * small * small);
@@ -87,9 +138,17 @@ pub fn newton_schulz(
         alpha,
         beta,
     };
-    backend.normalize_frobenius(x, count, NS_EPS)?;
+    match coefficients {
+        NsCoefficients::Quintic => backend.normalize_frobenius(x, count, NS_EPS)?,
+        NsCoefficients::Polar => {
+            // X/(s·‖X‖ + ε) = (X/(‖X‖ + ε/s))/s.
+            backend.normalize_frobenius(x, count, POLAR_EPS / POLAR_SAFETY)?;
+            backend.scale(x, 1.0 / POLAR_SAFETY)?;
+        }
+    }
     let (mut current, mut other) = (x, next);
-    for _ in 0..steps {
+    for step in 0..steps {
+        let (a, b, c) = coefficients.at(step);
         // A = X·Xᵀ (or XᵀX when tall).
         let gram_shape = shape(small, small, large, tall, !tall, 1.0, 0.0);
         backend.gemm(gram, current, current, gram_shape)?;
@@ -203,7 +262,16 @@ impl GroupOptimizer for Muon {
         for set in &self.sets {
             let update = self.update.slice(set.offset, set.len());
             let (rows, cols, steps) = (set.rows, set.cols, self.config.ns_steps);
-            newton_schulz(backend, update, rows, cols, set.count, steps, &self.scratch)?;
+            newton_schulz(
+                backend,
+                update,
+                rows,
+                cols,
+                set.count,
+                steps,
+                self.config.ns_coefficients,
+                &self.scratch,
+            )?;
             // Tall matrices get larger steps, so that the update's RMS stays comparable.
             let shape_scale = (rows as f32 / cols as f32).max(1.0).sqrt();
             let param = self.param.slice(set.offset, set.len());
