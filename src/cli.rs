@@ -17,6 +17,7 @@ use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
 use crate::grok::GrokConfig;
+use crate::memory::MemoryReport;
 use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
 use crate::optim::{NsCoefficients, OptimConfig, OptimizerKind, UpdateRule};
 use crate::records;
@@ -61,6 +62,11 @@ enum Command {
     /// pairs, memorises them, and much later generalises to the rest. Logs both accuracies at
     /// log-spaced steps, plots them, and appends the run to the records log.
     Grok(Box<GrokArgs>),
+    /// The memory a training run with these flags needs: weights, gradients, optimizer state
+    /// and activations, in bytes per parameter and in total, on the CPU backend (f32) and in
+    /// mixed precision (bf16 compute, f32 master weights and state), next to the lectures'
+    /// 16Ψ rule for mixed-precision Adam. Takes the training flags; reads no data.
+    Memory(Box<TrainArgs>),
 }
 
 #[derive(Subcommand, Debug)]
@@ -1184,6 +1190,17 @@ pub fn run() -> Result<()> {
         Some(Command::Sample(args)) => sample(&args),
         Some(Command::Landscape(args)) => landscape(&args),
         Some(Command::Grok(args)) => grok(&args),
+        Some(Command::Memory(args)) => {
+            let config = args.config()?;
+            let report = MemoryReport::new(
+                &config.model,
+                &config.optim,
+                config.micro_batch,
+                config.seq_len,
+            );
+            print!("{report}");
+            Ok(())
+        }
         Some(Command::Data(DataCommand::Inspect(args))) => inspect(&args),
         Some(Command::Data(DataCommand::Fineweb(args))) => download_fineweb(&args),
         Some(Command::Data(DataCommand::Prepare(args))) => prepare_shards(&args),

@@ -852,6 +852,7 @@ mod tests {
             final_val_loss: 1.19,
             train_seconds: 1.5,
             peak_memory_bytes: 1 << 20,
+            optimizer_state_bytes: 4 << 10,
             tokens_per_second: 3413.0,
         }
     }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod data;
 pub mod grok;
 pub mod landscape;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod plot;

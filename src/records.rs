@@ -69,6 +69,10 @@ pub struct Record {
     pub train_seconds: f64,
     pub peak_memory_bytes: u64,
     pub tokens_per_second: f64,
+    /// Bytes of optimizer state (f32), all groups: what the optimizer adds to the weights and
+    /// gradients (absent in records of earlier versions: 0).
+    #[serde(default)]
+    pub optimizer_state_bytes: u64,
 }
 
 /// The `kind` of a grokking record: always the string "grok".

@@ -165,6 +165,19 @@ fn learns_to_the_entropy_rate(optimizer: &str, extra: &[&str]) {
     assert!(r["time_to_target"].is_null() && r["target_loss"].is_null());
     assert!(r["train_seconds"].as_f64().unwrap() > 0.0);
     assert!(r["peak_memory_bytes"].as_u64().unwrap() > 0);
+    // f32 state values per parameter: Muon one per matrix parameter and AdamW two for the
+    // embeddings and head; the others run on every group: one (sgd's momentum, adagrad's sum,
+    // rmsprop's square average) or two.
+    let (matrix, other) = (2 * 12 * 64 * 64, 2 * 64 * 64);
+    let state_values = match optimizer {
+        "muon" => matrix + 2 * other,
+        "sgd" | "adagrad" | "rmsprop" => matrix + other,
+        _ => 2 * (matrix + other),
+    };
+    assert_eq!(
+        r["optimizer_state_bytes"].as_u64().unwrap(),
+        4 * state_values as u64
+    );
     for key in ["run_id", "date", "git_commit", "host", "device"] {
         assert!(!r[key].as_str().unwrap().is_empty(), "{key}");
     }

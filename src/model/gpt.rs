@@ -131,13 +131,12 @@ impl Gpt {
         let layout = param_layout(config, param_buffer);
         let grads = param_layout(config, grad_buffer).tensors;
 
-        let act_len = activations(config, batch, seq_len, &mut Arena::unbounded()).1;
+        let (act_len, grad_len) = activation_floats(config, batch, seq_len);
         let mut arena = Arena {
             base: backend.alloc(act_len, BufferKind::Activations)?,
             next: 0,
         };
         let acts = activations(config, batch, seq_len, &mut arena).0;
-        let grad_len = activation_grads(config, batch * seq_len, &mut Arena::unbounded()).1;
         let mut arena = Arena {
             base: backend.alloc(grad_len, BufferKind::ActivationGradients)?,
             next: 0,
@@ -510,6 +509,15 @@ impl Norm {
             None => b.rmsnorm_backward(dinp, dout, inp, self.rstd, c),
         }
     }
+}
+
+/// Elements of the saved activations and of their gradients for `batch` sequences of
+/// `seq_len` tokens: what [`Gpt::new`] allocates besides parameters and gradients.
+pub fn activation_floats(config: &ModelConfig, batch: usize, seq_len: usize) -> (usize, usize) {
+    (
+        activations(config, batch, seq_len, &mut Arena::unbounded()).1,
+        activation_grads(config, batch * seq_len, &mut Arena::unbounded()).1,
+    )
 }
 
 /// Lays out the saved activations; returns them and the number of elements used.

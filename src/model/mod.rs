@@ -7,8 +7,8 @@ pub mod params;
 
 pub use config::{Arch, ModelConfig, ModelOverrides, ModelSize};
 pub use decode::{Decoder, sample_token};
-pub use gpt::{Gpt, Pass};
-pub use params::{Group, ParamSpec, num_params};
+pub use gpt::{Gpt, Pass, activation_floats};
+pub use params::{Group, ParamSpec, num_params, param_layout};
 
 #[cfg(test)]
 mod tests;

@@ -142,6 +142,15 @@ impl UpdateRule {
         })
     }
 
+    /// Optimizer state values kept per parameter (what checkpoints save): Muon's momentum, or
+    /// the element-wise rule's state tensors.
+    pub fn state_per_param(&self) -> usize {
+        match self.elementwise(0, 1.0) {
+            Some(rule) => rule.state_names().len(),
+            None => 1,
+        }
+    }
+
     /// The peak learning rate, to override it.
     pub fn lr_mut(&mut self) -> &mut f32 {
         match self {

@@ -31,6 +31,13 @@ pub const MAX_MICRO_BATCH_TOKENS: usize = 1 << 24;
 /// Set (by the Ctrl-C handler) to make the loop save a checkpoint and stop after its current step.
 pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
+/// Bytes of every optimizer state tensor: f32 on every backend (the CUDA one keeps master
+/// weights and optimizer state in f32 too).
+fn optimizer_state_bytes(optimizer: &Optimizer) -> u64 {
+    let values: usize = optimizer.state().iter().map(|(_, t)| t.len).sum();
+    (values * std::mem::size_of::<f32>()) as u64
+}
+
 /// Every setting that shapes a run's result: model, optimizer, schedule, batch, data,
 /// validation and stopping rule. A resumed run must have the same.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -412,6 +419,7 @@ pub fn train(
         train_seconds: run.train_seconds,
         peak_memory_bytes: backend.peak_memory_bytes(),
         tokens_per_second: run.tokens as f64 / run.train_seconds.max(f64::MIN_POSITIVE),
+        optimizer_state_bytes: optimizer_state_bytes(&optimizer),
     };
     if let Some(path) = &options.records {
         records::append(path, &record)?;
