@@ -82,3 +82,29 @@ for name, u in cases.items():
     print(name)
     for row in run(u, {}):
         print('   [' + ', '.join(repr(x) for x in row) + '],')
+
+# Schedule-Free AdamW (facebookresearch/schedule_free, AdamWScheduleFree.step, r = 0,
+# weight_lr_power = 2, no warm-up), per element; y is the parameter, x = the evaluation weights.
+def schedule_free(lr, b1, b2, eps, wd):
+    y = list(P0); z = list(P0); v = [0.0] * 3
+    lr_max = 0.0; weight_sum = 0.0; out = []
+    for k, g in enumerate(G):
+        lr_max = max(lr_max, lr)
+        weight = lr_max ** 2
+        weight_sum += weight
+        ckp1 = weight / weight_sum
+        bc2 = 1 - b2 ** (k + 1)
+        for i in range(3):
+            v[i] = b2 * v[i] + (1 - b2) * g[i] * g[i]
+            d = g[i] / (math.sqrt(v[i] / bc2) + eps) + wd * y[i]
+            y[i] = (1 - ckp1) * y[i] + ckp1 * z[i]
+            y[i] += lr * (b1 * (1 - ckp1) - 1) * d
+            z[i] -= lr * d
+        x = [y[i] + (1 - 1 / b1) * (z[i] - y[i]) for i in range(3)]
+        out.append((list(y), x))
+    return out
+
+print('schedule_free (y, then x)')
+for y, x in schedule_free(0.1, 0.9, 0.999, 1e-8, 0.01):
+    print('   [' + ', '.join(repr(a) for a in y) + '],')
+    print('   [' + ', '.join(repr(a) for a in x) + '],')

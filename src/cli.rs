@@ -173,7 +173,7 @@ struct TrainArgs {
     optimizer_all: bool,
     /// Learning rate of the hidden matrices [default: muon 0.05; adamw 0.0018 (speedrun),
     /// 6e-4 (gpt2); sgd 1e-3; adagrad 1e-2; rmsprop 1e-2; adadelta 1; adam 1e-3; nadamw
-    /// 0.00175].
+    /// 0.00175; sf-adamw 0.0025].
     #[arg(long, help_heading = "Optimizer")]
     lr: Option<f32>,
     /// Weight decay of the hidden matrices: decoupled for adamw, nadamw and muon, added to the
@@ -192,16 +192,16 @@ struct TrainArgs {
     /// --optimizer-all: --lr].
     #[arg(long, help_heading = "Optimizer")]
     scalar_lr: Option<f32>,
-    /// Adam β1, for every group under adam, adamw or nadamw [default: 0.8 (speedrun), 0.9
-    /// (gpt2); 0.9 for adam, 0.933 for nadamw on the matrices].
+    /// Adam β1, for every group under adam, adamw, nadamw or sf-adamw [default: 0.8
+    /// (speedrun), 0.9 (gpt2); 0.9 for adam and sf-adamw, 0.933 for nadamw on the matrices].
     #[arg(long, help_heading = "Optimizer")]
     adam_beta1: Option<f32>,
-    /// Adam β2, for every group under adam, adamw or nadamw [default: 0.95; 0.999 for adam,
-    /// 0.9955 for nadamw on the matrices].
+    /// Adam β2, for every group under adam, adamw, nadamw or sf-adamw [default: 0.95; 0.999
+    /// for adam and sf-adamw, 0.9955 for nadamw on the matrices].
     #[arg(long, help_heading = "Optimizer")]
     adam_beta2: Option<f32>,
-    /// Adam ε, for every group under adam, adamw or nadamw [default: 1e-10 (speedrun), 1e-8
-    /// (gpt2 and the matrices under adam or nadamw)].
+    /// Adam ε, for every group under adam, adamw, nadamw or sf-adamw [default: 1e-10
+    /// (speedrun), 1e-8 (gpt2 and the matrices under adam, nadamw or sf-adamw)].
     #[arg(long, help_heading = "Optimizer")]
     adam_eps: Option<f32>,
     /// Weight decay of the embedding and head groups [default: 0 (speedrun), 0.1 (gpt2); with
@@ -258,7 +258,7 @@ struct TrainArgs {
     #[arg(long, help_heading = "Schedule")]
     warmup_steps: Option<usize>,
     /// Fraction of the run at the end over which learning rates decay linearly [default: 0.4
-    /// (speedrun), 1 (gpt2)].
+    /// (speedrun), 1 (gpt2); 0 with sf-adamw].
     #[arg(long, help_heading = "Schedule")]
     cooldown_frac: Option<f32>,
     /// Learning rate at the last step as a fraction of the peak [default: 0.1 (speedrun), 0
@@ -548,7 +548,7 @@ impl TrainArgs {
         let muon = is(&[K::Muon]);
         let speedrun = self.arch == Arch::Speedrun;
         // With every group under a rule of another family, no group uses the Adam flags.
-        let adam_groups = !self.optimizer_all || is(&[K::Adam, K::Adamw, K::Nadamw]);
+        let adam_groups = !self.optimizer_all || is(&[K::Adam, K::Adamw, K::Nadamw, K::SfAdamw]);
         [
             (
                 "--momentum",
@@ -647,11 +647,16 @@ impl TrainArgs {
                 set(&mut adadelta.eps, self.eps);
                 set(&mut adadelta.rho, self.rho);
             }
+            UpdateRule::SfAdamw(sf) => {
+                set(&mut sf.beta1, self.adam_beta1);
+                set(&mut sf.beta2, self.adam_beta2);
+                set(&mut sf.eps, self.adam_eps);
+            }
             UpdateRule::Adam(_) | UpdateRule::Adamw(_) | UpdateRule::Nadamw(_) => {}
         }
         if self.optimizer_all {
             ensure!(
-                matrix.elementwise(0, 1.0).is_some(),
+                self.optimizer != OptimizerKind::Muon,
                 "--optimizer-all needs an element-wise optimizer: {} updates hidden matrices only",
                 self.optimizer
             );
@@ -705,10 +710,14 @@ impl TrainArgs {
 
         let optim = self.optim_config()?;
 
-        let (warmup, cooldown, final_frac, clip) = match self.arch {
+        let (warmup, mut cooldown, final_frac, clip) = match self.arch {
             Arch::Speedrun => (0, 0.4, 0.1, 0.0),
             Arch::Gpt2 => (700.min(self.max_steps / 10), 1.0, 0.0, 1.0),
         };
+        if self.optimizer == OptimizerKind::SfAdamw {
+            // Schedule-Free replaces the decay by its averaging.
+            cooldown = 0.0;
+        }
         let schedule = Schedule {
             warmup_steps: self.warmup_steps.unwrap_or(warmup),
             cooldown_frac: self.cooldown_frac.unwrap_or(cooldown),

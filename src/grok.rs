@@ -507,6 +507,7 @@ pub fn run(backend: &mut dyn Backend, config: &GrokConfig, log_every: usize) -> 
     model.init_params(backend, config.seed)?;
     let optim = config.optim_config();
     let mut optimizer = Optimizer::new(backend, &model, &optim)?;
+    optimizer.start(backend)?;
     let (train_set, val_set) = (EvalSet::new(&train, rows), EvalSet::new(&val, rows));
     let mut batches = Batches::new(&train, config.batch, config.seed);
 
@@ -589,8 +590,10 @@ pub fn run(backend: &mut dyn Backend, config: &GrokConfig, log_every: usize) -> 
         if !is_eval_step(step) && limit.is_none() {
             continue;
         }
-        let (train_loss, train_acc) = train_set.evaluate(backend, &model)?;
-        let (val_loss, val_acc) = val_set.evaluate(backend, &model)?;
+        let ((train_loss, train_acc), (val_loss, val_acc)) = optimizer
+            .with_eval_weights(backend, |b| {
+                Ok((train_set.evaluate(b, &model)?, val_set.evaluate(b, &model)?))
+            })?;
         ensure!(
             train_loss.is_finite() && val_loss.is_finite(),
             "training diverged at step {step}: train loss {train_loss}, validation loss {val_loss}"

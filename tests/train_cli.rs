@@ -172,6 +172,8 @@ fn learns_to_the_entropy_rate(optimizer: &str, extra: &[&str]) {
     let state_values = match optimizer {
         "muon" => matrix + 2 * other,
         "sgd" | "adagrad" | "rmsprop" => matrix + other,
+        // z and v, and two scalars (peak learning rate, sum of weights) per group.
+        "sf-adamw" => 2 * (matrix + other) + 2 * 3,
         _ => 2 * (matrix + other),
     };
     assert_eq!(
@@ -231,6 +233,11 @@ fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adadelta() {
 #[test]
 fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adam() {
     learns_to_the_entropy_rate("adam", &["--optimizer-all", "--lr", "0.03"]);
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_schedule_free_adamw() {
+    learns_to_the_entropy_rate("sf-adamw", &["--optimizer-all", "--lr", "0.03"]);
 }
 
 #[test]
@@ -352,6 +359,13 @@ fn resumed_gpt2_adamw_run_matches_the_uninterrupted_run_bitwise() {
         "--warmup-steps",
         "5",
     ]);
+}
+
+#[test]
+fn resumed_schedule_free_run_matches_the_uninterrupted_run_bitwise() {
+    // Checkpoints hold Schedule-Free's averaged weights; the resumed run rebuilds its training
+    // weights from them and z, exactly as the uninterrupted run does after each checkpoint.
+    resume_follows_the_uninterrupted_run(&["--optimizer", "sf-adamw", "--optimizer-all"]);
 }
 
 #[test]

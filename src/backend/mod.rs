@@ -161,6 +161,20 @@ pub enum ElementwiseRule {
         /// 1-based step count, for bias correction.
         step: u32,
     },
+    /// Schedule-Free AdamW (Defazio et al. 2024, `AdamWScheduleFree`), on the parameters y
+    /// where gradients are taken: `v ← β2·v + (1 − β2)·g²`; `d = g/(√(v/bias2) + ε) + wd·y`;
+    /// `y ← (1 − c)·y + c·z + lr·(β1·(1 − c) − 1)·d`; `z ← z − lr·d`. State: `z`, `v`.
+    ScheduleFree {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        /// c: the weight of this step's z in the running average x.
+        averaging: f32,
+        /// 1 − β2ᵗ.
+        bias2: f32,
+    },
 }
 
 impl ElementwiseRule {
@@ -187,6 +201,7 @@ impl ElementwiseRule {
             .collect(),
             ElementwiseRule::Adadelta { .. } => vec!["square_avg", "acc_delta"],
             ElementwiseRule::Adam { .. } => vec!["m", "v"],
+            ElementwiseRule::ScheduleFree { .. } => vec!["z", "v"],
         }
     }
 }
@@ -428,6 +443,8 @@ pub trait Backend {
         grad: Tensor,
         state: &[Tensor],
     ) -> Result<()>;
+    /// `x ← x + weight·(end − x)`.
+    fn lerp(&mut self, x: Tensor, end: Tensor, weight: f32) -> Result<()>;
     /// Muon momentum: `m ← β·m + (1−β)·g`; `update ← (1−β)·g + β·m` with Nesterov, else `m`.
     fn muon_momentum(
         &mut self,

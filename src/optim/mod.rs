@@ -10,6 +10,7 @@ mod adam;
 mod elementwise;
 mod muon;
 mod rmsprop;
+mod sf_adamw;
 mod sgd;
 
 use anyhow::{Result, bail};
@@ -23,6 +24,7 @@ pub use adam::{AdamConfig, AdamVariant};
 pub use elementwise::Elementwise;
 pub use muon::{Muon, NewtonSchulzScratch, NsCoefficients, newton_schulz};
 pub use rmsprop::RmspropConfig;
+pub use sf_adamw::{ScheduleFree, SfAdamwConfig};
 pub use sgd::SgdConfig;
 
 /// The optimizers `--optimizer` offers.
@@ -49,6 +51,11 @@ pub enum OptimizerKind {
     Nadamw,
     /// Muon: Nesterov momentum orthogonalised by a Newton–Schulz iteration.
     Muon,
+    /// Schedule-Free AdamW (facebookresearch/schedule_free; lr 0.0025, betas 0.9, 0.999): no
+    /// learning-rate decay; validation and checkpoints use its averaged weights.
+    #[value(name = "sf-adamw")]
+    #[serde(rename = "sf-adamw")]
+    SfAdamw,
 }
 
 impl std::fmt::Display for OptimizerKind {
@@ -62,6 +69,7 @@ impl std::fmt::Display for OptimizerKind {
             OptimizerKind::Adamw => "adamw",
             OptimizerKind::Nadamw => "nadamw",
             OptimizerKind::Muon => "muon",
+            OptimizerKind::SfAdamw => "sf-adamw",
         })
     }
 }
@@ -96,6 +104,8 @@ pub enum UpdateRule {
     Adamw(AdamConfig),
     Nadamw(AdamConfig),
     Muon(MuonConfig),
+    #[serde(rename = "sf-adamw")]
+    SfAdamw(SfAdamwConfig),
 }
 
 impl UpdateRule {
@@ -109,6 +119,7 @@ impl UpdateRule {
             UpdateRule::Adamw(_) => OptimizerKind::Adamw,
             UpdateRule::Nadamw(_) => OptimizerKind::Nadamw,
             UpdateRule::Muon(_) => OptimizerKind::Muon,
+            UpdateRule::SfAdamw(_) => OptimizerKind::SfAdamw,
         }
     }
 
@@ -124,11 +135,13 @@ impl UpdateRule {
             OptimizerKind::Adamw => UpdateRule::Adamw(AdamVariant::Adamw.defaults()),
             OptimizerKind::Nadamw => UpdateRule::Nadamw(AdamVariant::Nadamw.defaults()),
             OptimizerKind::Muon => UpdateRule::Muon(MuonConfig::default()),
+            OptimizerKind::SfAdamw => UpdateRule::SfAdamw(SfAdamwConfig::default()),
         }
     }
 
-    /// The backend step of an element-wise rule at `step` (0-based) with the learning rate
-    /// scaled by `lr_scale`; None for matrix rules (Muon).
+    /// The backend step of a stateless-between-steps element-wise rule at `step` (0-based)
+    /// with the learning rate scaled by `lr_scale`; None for Muon (matrices) and Schedule-Free
+    /// AdamW (host-side averaging weights).
     pub fn elementwise(&self, step: usize, lr_scale: f32) -> Option<ElementwiseRule> {
         Some(match self {
             UpdateRule::Sgd(c) => c.rule(step, lr_scale),
@@ -138,16 +151,17 @@ impl UpdateRule {
             UpdateRule::Adam(c) => c.rule(AdamVariant::Adam, step, lr_scale),
             UpdateRule::Adamw(c) => c.rule(AdamVariant::Adamw, step, lr_scale),
             UpdateRule::Nadamw(c) => c.rule(AdamVariant::Nadamw, step, lr_scale),
-            UpdateRule::Muon(_) => return None,
+            UpdateRule::Muon(_) | UpdateRule::SfAdamw(_) => return None,
         })
     }
 
     /// Optimizer state values kept per parameter (what checkpoints save): Muon's momentum, or
     /// the element-wise rule's state tensors.
     pub fn state_per_param(&self) -> usize {
-        match self.elementwise(0, 1.0) {
-            Some(rule) => rule.state_names().len(),
-            None => 1,
+        match (self, self.elementwise(0, 1.0)) {
+            (_, Some(rule)) => rule.state_names().len(),
+            (UpdateRule::SfAdamw(_), None) => 2,
+            _ => 1,
         }
     }
 
@@ -160,6 +174,7 @@ impl UpdateRule {
             UpdateRule::Adadelta(c) => &mut c.lr,
             UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => &mut c.lr,
             UpdateRule::Muon(c) => &mut c.lr,
+            UpdateRule::SfAdamw(c) => &mut c.lr,
         }
     }
 
@@ -174,6 +189,7 @@ impl UpdateRule {
                 &mut c.weight_decay
             }
             UpdateRule::Muon(c) => &mut c.weight_decay,
+            UpdateRule::SfAdamw(c) => &mut c.weight_decay,
         }
     }
 
@@ -193,6 +209,7 @@ impl UpdateRule {
             UpdateRule::Adadelta(c) => c.validate(group),
             UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => c.validate(group),
             UpdateRule::Muon(c) => c.validate(),
+            UpdateRule::SfAdamw(c) => c.validate(group),
         }
     }
 
@@ -207,6 +224,7 @@ impl UpdateRule {
             UpdateRule::Adamw(c) => c.describe(AdamVariant::Adamw),
             UpdateRule::Nadamw(c) => c.describe(AdamVariant::Nadamw),
             UpdateRule::Muon(c) => c.describe(),
+            UpdateRule::SfAdamw(c) => c.describe(),
         }
     }
 }
@@ -385,8 +403,22 @@ impl OptimConfig {
 
 /// The update of one parameter group.
 pub trait GroupOptimizer {
+    /// Called once on a fresh run, after the weights are initialised (not after a restore).
+    fn start(&mut self, _backend: &mut dyn Backend) -> Result<()> {
+        Ok(())
+    }
     /// Applies step `step` (0-based) with every learning rate multiplied by `lr_scale`.
     fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()>;
+    /// Puts the weights to evaluate (and to save) in the parameter buffer, for optimizers that
+    /// train at another point than they evaluate (Schedule-Free); [`Self::train_weights`]
+    /// undoes it.
+    fn eval_weights(&mut self, _backend: &mut dyn Backend) -> Result<()> {
+        Ok(())
+    }
+    /// Puts the weights to take gradients at back in the parameter buffer.
+    fn train_weights(&mut self, _backend: &mut dyn Backend) -> Result<()> {
+        Ok(())
+    }
     /// Named state tensors, for checkpoints.
     fn state(&self) -> Vec<(&'static str, Tensor)>;
     /// One line for the start-up summary.
@@ -432,6 +464,9 @@ impl Optimizer {
                     Box::new(Muon::new(backend, &range, &specs, muon.clone())?)
                 }
                 UpdateRule::Muon(_) => bail!("Muon cannot update the {} group", group.name()),
+                UpdateRule::SfAdamw(sf) => {
+                    Box::new(ScheduleFree::new(backend, &range, sf.clone())?)
+                }
                 _ => Box::new(Elementwise::new(backend, &range, rule.clone())?),
             };
             groups.push((range, rule));
@@ -439,11 +474,43 @@ impl Optimizer {
         Ok(Optimizer { groups })
     }
 
+    /// Prepares the state of a fresh run, after the weights are initialised.
+    pub fn start(&mut self, backend: &mut dyn Backend) -> Result<()> {
+        self.groups
+            .iter_mut()
+            .try_for_each(|(_, rule)| rule.start(backend))
+    }
+
     pub fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
         for (_, rule) in &mut self.groups {
             rule.step(backend, step, lr_scale)?;
         }
         Ok(())
+    }
+
+    /// Runs `f` with the weights to evaluate in the parameter buffer (Schedule-Free's average
+    /// x), then puts the training weights back.
+    pub fn with_eval_weights<T>(
+        &mut self,
+        backend: &mut dyn Backend,
+        f: impl FnOnce(&mut dyn Backend) -> Result<T>,
+    ) -> Result<T> {
+        for (_, rule) in &mut self.groups {
+            rule.eval_weights(backend)?;
+        }
+        let result = f(backend);
+        for (_, rule) in &mut self.groups {
+            rule.train_weights(backend)?;
+        }
+        result
+    }
+
+    /// After restoring a checkpoint (which holds the evaluation weights), puts the training
+    /// weights in the parameter buffer.
+    pub fn restored(&mut self, backend: &mut dyn Backend) -> Result<()> {
+        self.groups
+            .iter_mut()
+            .try_for_each(|(_, rule)| rule.train_weights(backend))
     }
 
     /// Every state tensor, named `<group>.<state>`.

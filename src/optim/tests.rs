@@ -10,7 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use super::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamVariant, Elementwise, GroupOptimizer,
     GroupRange, MuonConfig, NewtonSchulzScratch, NsCoefficients, OptimConfig, Optimizer,
-    OptimizerKind, RmspropConfig, SgdConfig, UpdateRule, newton_schulz,
+    OptimizerKind, RmspropConfig, ScheduleFree, SfAdamwConfig, SgdConfig, UpdateRule,
+    newton_schulz,
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BufferKind, ElementwiseRule, WeightDecay};
@@ -221,6 +222,57 @@ fn elementwise_rules_match_hand_computed_steps() {
                 );
             }
         }
+    }
+}
+
+/// Schedule-Free AdamW against a plain transcription of the reference's step
+/// (scripts/optimizer_hand_steps.py): the training weights y after each step, and the
+/// evaluation weights x it switches to and back from.
+#[test]
+fn schedule_free_matches_a_transcription_of_the_reference() {
+    let expected = [
+        [
+            [0.39950000499999977, -1.398500009999999, 1.998],
+            [0.39950000499999977, -1.398500009999999, 1.998],
+        ],
+        [
+            [0.4639923769243261, -1.4731735616034798, 1.9191388030367003],
+            [0.4581294340221146, -1.4663850569122543, 1.9263080027606365],
+        ],
+        [
+            [0.47187764162922996, -1.5337055082121822, 1.9365876532587412],
+            [0.46958627369471073, -1.5224854329955275, 1.9348743781757238],
+        ],
+    ];
+    let grads = [[0.2, -0.1, 0.0], [-0.3, 0.4, 1.0], [0.05, 0.3, -0.7]];
+    let mut b = CpuBackend::<f64>::new();
+    let range = GroupRange {
+        group: Group::Matrix,
+        param: b.alloc(3, BufferKind::Parameters).unwrap(),
+        grad: b.alloc(3, BufferKind::Gradients).unwrap(),
+    };
+    let config = SfAdamwConfig {
+        lr: 0.1,
+        weight_decay: 0.01,
+        ..SfAdamwConfig::default()
+    };
+    let mut optimizer = ScheduleFree::new(&mut b, &range, config).unwrap();
+    b.write(range.param, &[0.5, -1.5, 2.0]).unwrap();
+    optimizer.start(&mut b).unwrap();
+    let close = |got: &[f32], want: &[f64; 3]| {
+        got.iter()
+            .zip(want)
+            .all(|(g, w)| (*g as f64 - w).abs() < 1e-6)
+    };
+    for (step, (g, [y, x])) in grads.iter().zip(expected).enumerate() {
+        b.write(range.grad, g).unwrap();
+        optimizer.step(&mut b, step, 1.0).unwrap();
+        let got = b.read(range.param).unwrap();
+        assert!(close(&got, &y), "step {} y: {got:?} vs {y:?}", step + 1);
+        optimizer.eval_weights(&mut b).unwrap();
+        let got = b.read(range.param).unwrap();
+        assert!(close(&got, &x), "step {} x: {got:?} vs {x:?}", step + 1);
+        optimizer.train_weights(&mut b).unwrap();
     }
 }
 
@@ -438,6 +490,7 @@ fn every_group_gets_its_own_optimizer_and_state() {
                 &["matrix.m", "matrix.v"]
             }
             OptimizerKind::Muon => &["matrix.momentum"],
+            OptimizerKind::SfAdamw => &["matrix.z", "matrix.v", "matrix.sums"],
         };
         let mut want = vec!["embedding.m", "embedding.v", "head.m", "head.v"];
         want.extend(matrix_state);
@@ -464,6 +517,7 @@ fn every_rule() -> Vec<OptimConfig> {
         UpdateRule::Adamw(AdamVariant::Adamw.defaults()),
         UpdateRule::Nadamw(AdamVariant::Nadamw.defaults()),
         UpdateRule::Muon(MuonConfig::default()),
+        UpdateRule::SfAdamw(SfAdamwConfig::default()),
     ];
     rules
         .into_iter()
@@ -484,41 +538,48 @@ fn every_rule() -> Vec<OptimConfig> {
 
 #[test]
 fn restored_state_continues_bit_for_bit() {
-    // Three steps, then copy parameters and every state tensor into a fresh optimizer (as a
-    // checkpoint does); two more steps on each must give identical parameters.
+    // Three steps, then copy the weights (the evaluation weights, as checkpoints hold them) and
+    // every state tensor into a fresh optimizer, as a resume does; two more steps on each must
+    // give identical parameters.
     let config = tiny_speedrun();
     for optim_config in every_rule() {
+        let name = optim_config.matrix.describe();
         let mut b = CpuBackend::<f32>::new();
         let model = Gpt::new(&mut b, &config, 1, 4).unwrap();
         let mut first = Optimizer::new(&mut b, &model, &optim_config).unwrap();
         b.write(model.param_buffer, &random(model.num_params(), 3))
             .unwrap();
+        first.start(&mut b).unwrap();
         let grads = |step: usize| random(model.num_params(), 100 + step as u64);
         for step in 0..3 {
             b.write(model.grad_buffer, &grads(step)).unwrap();
             first.step(&mut b, step, 1.0).unwrap();
         }
-        let params = b.read(model.param_buffer).unwrap();
+        let saved = first
+            .with_eval_weights(&mut b, |b| b.read(model.param_buffer))
+            .unwrap();
         let mut second = Optimizer::new(&mut b, &model, &optim_config).unwrap();
-        for ((name, from), (_, to)) in first.state().into_iter().zip(second.state()) {
+        for ((state, from), (_, to)) in first.state().into_iter().zip(second.state()) {
             let values = b.read(from).unwrap();
             assert!(
                 values.iter().any(|&v| v != 0.0),
-                "{name} of {} holds nothing after three steps",
-                optim_config.matrix.describe()
+                "{state} of {name} holds nothing after three steps"
             );
             b.write(to, &values).unwrap();
         }
         let mut finals = Vec::new();
-        for optimizer in [&mut first, &mut second] {
-            b.write(model.param_buffer, &params).unwrap();
+        for (optimizer, restored) in [(&mut first, false), (&mut second, true)] {
+            if restored {
+                b.write(model.param_buffer, &saved).unwrap();
+                optimizer.restored(&mut b).unwrap();
+            }
             for step in 3..5 {
                 b.write(model.grad_buffer, &grads(step)).unwrap();
                 optimizer.step(&mut b, step, 1.0).unwrap();
             }
             finals.push(b.read(model.param_buffer).unwrap());
         }
-        assert_eq!(finals[0], finals[1], "{}", optim_config.matrix.describe());
+        assert_eq!(finals[0], finals[1], "{name}");
     }
 }
 

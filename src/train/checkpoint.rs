@@ -153,24 +153,25 @@ pub fn save(
     path: &Path,
     backend: &mut dyn Backend,
     model: &Gpt,
-    optimizer: &Optimizer,
+    optimizer: &mut Optimizer,
     state: &RunState,
 ) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
     }
-    let mut data = Vec::new();
-    for (name, shape, tensor) in tensors(model, optimizer) {
-        let values = backend.read(tensor)?;
-        data.push((
-            name,
-            F32Tensor {
-                shape,
-                data: values,
-            },
-        ));
-    }
+    let named = tensors(model, optimizer);
+    // The weights saved are the ones to evaluate (Schedule-Free's average), as a user of the
+    // checkpoint expects; a resume turns them back into training weights.
+    let data = optimizer.with_eval_weights(backend, |backend| {
+        named
+            .into_iter()
+            .map(|(name, shape, tensor)| {
+                let data = backend.read(tensor)?;
+                Ok((name, F32Tensor { shape, data }))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
     let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(state)?)]);
     // Serialised in memory so that the file goes through the same synced write-and-rename as
     // every other file speedrun writes.

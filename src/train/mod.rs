@@ -268,10 +268,12 @@ pub fn train(
                 );
             }
             checkpoint.restore(backend, &model, &optimizer)?;
+            optimizer.restored(backend)?;
             checkpoint.state
         }
         None => {
             model.init_params(backend, config.seed)?;
+            optimizer.start(backend)?;
             RunState::new(config)
         }
     };
@@ -307,7 +309,7 @@ pub fn train(
         let last = step >= config.max_steps;
         let evaluated = run.eval_curve.last().is_some_and(|p| p.step == step);
         if !evaluated && (last || (config.val_every > 0 && step.is_multiple_of(config.val_every))) {
-            let val_loss = evaluate(backend, &model, &val)?;
+            let val_loss = optimizer.with_eval_weights(backend, |b| evaluate(b, &model, &val))?;
             run.eval_curve.push(EvalPoint {
                 step,
                 tokens: run.tokens,
@@ -376,12 +378,12 @@ pub fn train(
             && run.step < config.max_steps
         {
             let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
-            checkpoint::save(&path, backend, &model, &optimizer, &run)?;
+            checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
             info!("checkpoint {}", path.display());
         }
         if STOP_REQUESTED.load(Ordering::Relaxed) {
             let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
-            checkpoint::save(&path, backend, &model, &optimizer, &run)?;
+            checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
             bail!(
                 "interrupted after step {}; continue with the same flags and --resume {}",
                 run.step,
@@ -392,7 +394,7 @@ pub fn train(
     drop(progress);
     if options.checkpoint_every > 0 {
         let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
-        checkpoint::save(&path, backend, &model, &optimizer, &run)?;
+        checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
         info!("checkpoint {}", path.display());
     }
 

@@ -564,6 +564,12 @@ impl<F: Real> Backend for CpuBackend<F> {
         Ok(())
     }
 
+    fn lerp(&mut self, x: Tensor, end: Tensor, weight: f32) -> Result<()> {
+        let mut v = self.views();
+        optim::lerp(v.mutable(x), v.shared(end), F::of(weight as f64));
+        Ok(())
+    }
+
     fn muon_momentum(
         &mut self,
         update: Tensor,

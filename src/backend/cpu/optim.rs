@@ -194,7 +194,31 @@ pub(super) fn elementwise<F: Real>(
                 *p = *p * keep - step_size * numerator / (v.sqrt() / bias2_sqrt + eps);
             });
         }
+        ElementwiseRule::ScheduleFree {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            averaging,
+            bias2,
+        } => {
+            let (lr, beta1, beta2, eps, wd) =
+                (of(lr), of(beta1), of(beta2), of(eps), of(weight_decay));
+            let (c, bias2) = (of(averaging), of(bias2));
+            let y_step = lr * (beta1 * (one - c) - one);
+            par_update(param, grad, take(state), |y, g, [z, v]| {
+                *v = beta2 * *v + (one - beta2) * g * g;
+                let d = g / ((*v / bias2).sqrt() + eps) + wd * *y;
+                *y = *y + c * (*z - *y) + y_step * d;
+                *z -= lr * d;
+            });
+        }
     }
+}
+
+pub(super) fn lerp<F: Real>(x: &mut [F], end: &[F], weight: F) {
+    par_update(x, end, [], |x, end, []| *x += weight * (end - *x));
 }
 
 pub(super) fn muon_momentum<F: Real>(
