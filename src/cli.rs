@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
@@ -67,6 +68,10 @@ enum Command {
     /// mixed precision (bf16 compute, f32 master weights and state), next to the lectures'
     /// 16Ψ rule for mixed-precision Adam. Takes the training flags; reads no data.
     Memory(Box<TrainArgs>),
+    /// Time training steps of a model on random tokens: forward, backward and optimizer
+    /// milliseconds (medians), tokens per second, achieved GFLOP/s and the backend's f32
+    /// matrix-product peak.
+    Bench(BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -529,6 +534,66 @@ struct GrokArgs {
     /// CPU threads [default: all cores].
     #[arg(long, help_heading = "Run")]
     threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Architecture.
+    #[arg(long, value_enum, default_value_t = Arch::Gpt2)]
+    arch: Arch,
+    /// Size preset.
+    #[arg(long, value_enum, default_value_t = ModelSize::D12)]
+    model: ModelSize,
+    /// Optimizer of the hidden matrices (the others use the architecture's AdamW).
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    optimizer: OptimizerKind,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// Timed steps (the medians are reported).
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Side of the square f32 matrix product timed for the peak; 0 skips it.
+    #[arg(long, default_value_t = 2048)]
+    gemm_size: usize,
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let model = ModelConfig::new(args.arch, args.model, &ModelOverrides::default())?;
+    ensure!(
+        args.batch > 0 && args.seq_len > 0 && args.seq_len <= model.max_seq_len,
+        "--batch must be positive and --seq-len in 1..={}",
+        model.max_seq_len
+    );
+    let config = BenchConfig {
+        optim: OptimConfig::defaults(args.arch, args.optimizer),
+        model,
+        batch: args.batch,
+        seq_len: args.seq_len,
+        steps: args.steps,
+        warmup: args.warmup,
+        gemm_size: args.gemm_size,
+    };
+    let mut backend = open_backend(args.device, args.threads)?;
+    info!(
+        "timing {} steps after {} warm-up steps",
+        args.steps, args.warmup
+    );
+    let report = crate::bench::run(backend.as_mut(), &config)?;
+    print!("{report}");
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -1199,6 +1264,7 @@ pub fn run() -> Result<()> {
         Some(Command::Sample(args)) => sample(&args),
         Some(Command::Landscape(args)) => landscape(&args),
         Some(Command::Grok(args)) => grok(&args),
+        Some(Command::Bench(args)) => bench(&args),
         Some(Command::Memory(args)) => {
             let config = args.config()?;
             let report = MemoryReport::new(

@@ -8,6 +8,7 @@
 
 pub mod atomic;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod grok;
