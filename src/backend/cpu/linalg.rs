@@ -306,6 +306,28 @@ mod tests {
     }
 
     #[test]
+    fn zero_and_rank_deficient_inputs_still_give_orthonormal_bases() {
+        // A factor is all zeros while its gradients are (behind a zero-initialised projection)
+        // and rank-deficient for a while after: neither may produce NaNs.
+        let n = 4;
+        let zero = vec![0.0; n * n];
+        let (mut values, mut vectors) = (vec![1.0; n], vec![0.0; n * n]);
+        symmetric_eigen(&zero, n, 1, &mut values, &mut vectors).unwrap();
+        assert_eq!(values, [0.0; 4]);
+        let vtv = product(&vectors, &vectors, n, true, false);
+        assert!(max_difference(&vtv, &identity(n)) < 1e-12, "VᵀV ≠ I");
+        let column: Vec<f64> = (0..n * n)
+            .map(|e| if e % n == 0 { e as f64 + 1.0 } else { 0.0 })
+            .collect();
+        let order: Vec<usize> = (0..n).collect();
+        for a in [zero, column] {
+            let mut q = a.clone();
+            orthonormalize(&mut q, n, 1, None);
+            assert_qr(&q, &a, n, &order);
+        }
+    }
+
+    #[test]
     #[should_panic(expected = "eigenvectors: 8 elements where the shape needs 9")]
     fn eigen_rejects_an_output_of_another_shape() {
         let a = spd(3, 1, 2);
