@@ -4,6 +4,7 @@
 //! each element-wise update is one backend call over it.
 
 mod adamw;
+mod matrix_sets;
 mod muon;
 
 use anyhow::Result;
