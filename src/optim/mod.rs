@@ -4,8 +4,10 @@
 //! each element-wise update is one backend call over it.
 
 mod adamw;
+mod kronecker;
 mod matrix_sets;
 mod muon;
+mod shampoo;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,7 @@ use crate::backend::{Backend, Tensor};
 use crate::model::{Arch, Gpt, Group};
 pub use adamw::Adam;
 pub use muon::{Muon, NewtonSchulzScratch, newton_schulz};
+pub use shampoo::{Shampoo, ShampooConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]

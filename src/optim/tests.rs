@@ -14,7 +14,7 @@ use crate::backend::cpu::CpuBackend;
 use crate::backend::{AdamStep, Backend, BufferKind};
 use crate::model::{Arch, Gpt, Group, ModelConfig, ModelOverrides, ModelSize};
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -60,7 +60,7 @@ fn adamw_matches_hand_computed_steps() {
     }
 }
 
-fn to_matrix(values: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
+pub(super) fn to_matrix(values: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
     DMatrix::from_row_iterator(rows, cols, values.iter().map(|&v| v as f64))
 }
 
