@@ -8,6 +8,7 @@ mod kronecker;
 mod matrix_sets;
 mod muon;
 mod shampoo;
+mod soap;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use crate::model::{Arch, Gpt, Group};
 pub use adamw::Adam;
 pub use muon::{Muon, NewtonSchulzScratch, newton_schulz};
 pub use shampoo::{Shampoo, ShampooConfig};
+pub use soap::{Soap, SoapConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
