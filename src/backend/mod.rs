@@ -485,9 +485,9 @@ pub trait Backend {
     /// Eigendecomposition of `batch` symmetric `n × n` matrices stored back to back in `matrices`
     /// (only their lower triangles are read): the eigenvalues of each, ascending, into
     /// `eigenvalues` (batch·n), and the unit eigenvectors as the columns of each `n × n` matrix of
-    /// `eigenvectors` (batch·n·n), so that A = V·diag(λ)·Vᵀ. An error if the solver does not
-    /// converge (a non-finite input). CPU: faer's tridiagonal QR algorithm, in f64 whatever the
-    /// storage. CUDA: cuSOLVER `syevjBatched` (Jacobi, matrices up to 32×32) or, for larger
+    /// `eigenvectors` (batch·n·n), so that A = V·diag(λ)·Vᵀ. An error where the solver reports
+    /// no convergence. CPU: faer (tridiagonal reduction, then a tridiagonal eigensolver), in f64
+    /// whatever the storage. CUDA: cuSOLVER `syevjBatched` (Jacobi, matrices up to 32×32) or, for larger
     /// ones, `syevd`/`syevj` per matrix or `XsyevBatched`.
     fn symmetric_eigen(
         &mut self,
