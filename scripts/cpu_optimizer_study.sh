@@ -3,7 +3,7 @@
 # each optimizer at its reference default learning rate and at the learning rate tuned for this
 # model (tests/train_cli.rs), until the validation loss is within 0.05 nats of the data's
 # entropy rate (or 600 steps). Element-wise optimizers run on every group (--optimizer-all);
-# Muon on the hidden matrices with the speedrun's AdamW elsewhere. Appends one record per run to
+# Muon, Shampoo and SOAP on the hidden matrices with the speedrun's AdamW elsewhere. Appends one record per run to
 # records/cpu-optimizer-study.jsonl and prints the table. Extra arguments go to every run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ runs=(
     "nadamw 0.03 --optimizer-all"
     "sf-adamw 0.03 --optimizer-all"
     "muon 0.02"
+    "shampoo 0.0006"
+    "soap 0.001"
 )
 for run in "${runs[@]}"; do
     read -r optimizer tuned extra <<<"$run"

@@ -178,7 +178,7 @@ struct TrainArgs {
     optimizer_all: bool,
     /// Learning rate of the hidden matrices [default: muon 0.05; adamw 0.0018 (speedrun),
     /// 6e-4 (gpt2); sgd 1e-3; adagrad 1e-2; rmsprop 1e-2; adadelta 1; adam 1e-3; nadamw
-    /// 0.00175; sf-adamw 0.0025].
+    /// 0.00175; sf-adamw 0.0025; shampoo 0.0018; soap 3e-3].
     #[arg(long, help_heading = "Optimizer")]
     lr: Option<f32>,
     /// Weight decay of the hidden matrices: decoupled for adamw, nadamw and muon, added to the
@@ -222,7 +222,8 @@ struct TrainArgs {
     /// sgd: dampening of the gradient's share of the momentum [default: 0].
     #[arg(long, help_heading = "Optimizer")]
     dampening: Option<f32>,
-    /// adagrad, rmsprop, adadelta: ε [default: 1e-10, 1e-8, 1e-6].
+    /// adagrad, rmsprop, adadelta, shampoo, soap: ε [default: 1e-10, 1e-8, 1e-6, 1e-12 (added
+    /// to the factors' eigenvalues), 1e-8].
     #[arg(long, help_heading = "Optimizer")]
     eps: Option<f32>,
     /// adagrad: step t uses lr / (1 + (t − 1)·lr_decay) [default: 0].
@@ -237,6 +238,24 @@ struct TrainArgs {
     /// rmsprop: normalise by the centered second moment (an estimate of the variance).
     #[arg(long, action = ArgAction::Set, help_heading = "Optimizer")]
     centered: Option<bool>,
+    /// shampoo, soap: β1, the gradient's moving average [default: 0.95].
+    #[arg(long, help_heading = "Optimizer")]
+    beta1: Option<f32>,
+    /// shampoo, soap: β2, the moving average of the Kronecker factors and of the second moment
+    /// [default: 0.95].
+    #[arg(long, help_heading = "Optimizer")]
+    beta2: Option<f32>,
+    /// shampoo, soap: steps between recomputing the inverse roots (shampoo) or the eigenbases
+    /// (soap) [default: 10].
+    #[arg(long, help_heading = "Optimizer")]
+    precond_every: Option<usize>,
+    /// shampoo, soap: matrices larger than this along a side are preconditioned in tiles of at
+    /// most this size [default: 1024 (shampoo), 10000 (soap)].
+    #[arg(long, help_heading = "Optimizer")]
+    shampoo_block: Option<usize>,
+    /// shampoo: rescale each tile's step to the norm of Adam's (grafting) [default: true].
+    #[arg(long, action = ArgAction::Set, help_heading = "Optimizer")]
+    graft: Option<bool>,
     /// adadelta: smoothing constant ρ of both running averages [default: 0.9].
     #[arg(long, help_heading = "Optimizer")]
     rho: Option<f32>,
@@ -641,8 +660,21 @@ impl TrainArgs {
             (
                 "--eps",
                 self.eps.is_some(),
-                is(&[K::Adagrad, K::Rmsprop, K::Adadelta]),
+                is(&[K::Adagrad, K::Rmsprop, K::Adadelta, K::Shampoo, K::Soap]),
             ),
+            ("--beta1", self.beta1.is_some(), is(&[K::Shampoo, K::Soap])),
+            ("--beta2", self.beta2.is_some(), is(&[K::Shampoo, K::Soap])),
+            (
+                "--precond-every",
+                self.precond_every.is_some(),
+                is(&[K::Shampoo, K::Soap]),
+            ),
+            (
+                "--shampoo-block",
+                self.shampoo_block.is_some(),
+                is(&[K::Shampoo, K::Soap]),
+            ),
+            ("--graft", self.graft.is_some(), is(&[K::Shampoo])),
             ("--lr-decay", self.lr_decay.is_some(), is(&[K::Adagrad])),
             (
                 "--initial-accumulator",
@@ -712,6 +744,21 @@ impl TrainArgs {
                 set(&mut adadelta.eps, self.eps);
                 set(&mut adadelta.rho, self.rho);
             }
+            UpdateRule::Shampoo(shampoo) => {
+                set(&mut shampoo.beta1, self.beta1);
+                set(&mut shampoo.beta2, self.beta2);
+                set(&mut shampoo.eps, self.eps);
+                set(&mut shampoo.precond_every, self.precond_every);
+                set(&mut shampoo.block, self.shampoo_block);
+                set(&mut shampoo.graft, self.graft);
+            }
+            UpdateRule::Soap(soap) => {
+                set(&mut soap.beta1, self.beta1);
+                set(&mut soap.beta2, self.beta2);
+                set(&mut soap.eps, self.eps);
+                set(&mut soap.precond_every, self.precond_every);
+                set(&mut soap.block, self.shampoo_block);
+            }
             UpdateRule::SfAdamw(sf) => {
                 set(&mut sf.beta1, self.adam_beta1);
                 set(&mut sf.beta2, self.adam_beta2);
@@ -721,7 +768,7 @@ impl TrainArgs {
         }
         if self.optimizer_all {
             ensure!(
-                self.optimizer != OptimizerKind::Muon,
+                !optim.matrix.matrices_only(),
                 "--optimizer-all needs an element-wise optimizer: {} updates hidden matrices only",
                 self.optimizer
             );
@@ -1272,7 +1319,7 @@ pub fn run() -> Result<()> {
                 &config.optim,
                 config.micro_batch,
                 config.seq_len,
-            );
+            )?;
             print!("{report}");
             Ok(())
         }

@@ -6,16 +6,18 @@
 
 use std::fmt;
 
+use anyhow::Result;
+
 use crate::backend::Tensor;
-use crate::model::{Group, ModelConfig, activation_floats, param_layout};
-use crate::optim::OptimConfig;
+use crate::model::{ModelConfig, activation_floats, param_layout};
+use crate::optim::{OptimConfig, group_ranges, state_values};
 
 /// Element counts of one run's memory.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MemoryReport {
     pub model: String,
     pub params: usize,
-    /// Per group: name, parameters, optimizer state values per parameter, the rule in words.
+    /// Per group: name, parameters, optimizer state values, the rule in words.
     pub groups: Vec<(&'static str, usize, usize, String)>,
     pub batch: usize,
     pub seq_len: usize,
@@ -25,26 +27,26 @@ pub struct MemoryReport {
 }
 
 impl MemoryReport {
-    pub fn new(model: &ModelConfig, optim: &OptimConfig, batch: usize, seq_len: usize) -> Self {
+    pub fn new(
+        model: &ModelConfig,
+        optim: &OptimConfig,
+        batch: usize,
+        seq_len: usize,
+    ) -> Result<Self> {
         let unbounded = Tensor {
             buffer: 0,
             offset: 0,
             len: usize::MAX,
         };
         let layout = param_layout(model, unbounded);
-        let groups = Group::ALL
-            .iter()
-            .filter_map(|&group| {
-                let len: usize = (layout.specs.iter())
-                    .filter(|s| s.group == group)
-                    .map(|s| s.tensor.len)
-                    .sum();
-                let rule = optim.rule(group);
-                (len > 0).then(|| (group.name(), len, rule.state_per_param(), rule.describe()))
-            })
-            .collect();
+        let mut groups = Vec::new();
+        for (range, specs) in group_ranges(&layout.specs, unbounded, unbounded) {
+            let rule = optim.rule(range.group);
+            let state = state_values(rule, &range, &specs)?;
+            groups.push((range.group.name(), range.param.len, state, rule.describe()));
+        }
         let (activations, activation_grads) = activation_floats(model, batch, seq_len);
-        MemoryReport {
+        Ok(MemoryReport {
             model: format!("{} {}", model.arch, model.name),
             params: layout.total,
             groups,
@@ -52,12 +54,12 @@ impl MemoryReport {
             seq_len,
             activations,
             activation_grads,
-        }
+        })
     }
 
     /// Optimizer state values, all groups.
     pub fn state_values(&self) -> usize {
-        self.groups.iter().map(|(_, len, per, _)| len * per).sum()
+        self.groups.iter().map(|(_, _, state, _)| state).sum()
     }
 
     /// Bytes on the CPU backend: every buffer f32.
@@ -84,10 +86,11 @@ impl fmt::Display for MemoryReport {
             "{}: Ψ = {} parameters; micro-batch {} × {} tokens",
             self.model, self.params, self.batch, self.seq_len
         )?;
-        for (name, len, per, rule) in &self.groups {
+        for (name, len, state, rule) in &self.groups {
             writeln!(
                 f,
-                "  {name:<9} {len:>12} params, {per} state value(s) each: {rule}"
+                "  {name:<9} {len:>12} params, {:.2} state values each: {rule}",
+                *state as f64 / *len as f64
             )?;
         }
         let state = self.state_values() as u64;
@@ -166,7 +169,7 @@ mod tests {
         let model =
             ModelConfig::new(Arch::Gpt2, ModelSize::D12, &ModelOverrides::default()).unwrap();
         let optim = OptimConfig::defaults(Arch::Gpt2, OptimizerKind::Adamw);
-        let report = MemoryReport::new(&model, &optim, 4, 64);
+        let report = MemoryReport::new(&model, &optim, 4, 64).unwrap();
         assert_eq!(
             report.params, 124_475_904,
             "llm.c's d12 with the vocabulary padded to 50304"
@@ -180,7 +183,7 @@ mod tests {
         assert!(text.contains("16Ψ = 1.992 GB"), "{text}");
         // Muon keeps one value per matrix parameter instead of two.
         let muon = OptimConfig::defaults(Arch::Gpt2, OptimizerKind::Muon);
-        let report = MemoryReport::new(&model, &muon, 4, 64);
+        let report = MemoryReport::new(&model, &muon, 4, 64).unwrap();
         let matrix = report.groups.iter().find(|g| g.0 == "matrix").unwrap().1;
         assert_eq!(report.state_values(), 2 * report.params - matrix);
         // 12 layers × 12·768² hidden-matrix weights.
@@ -188,12 +191,39 @@ mod tests {
     }
 
     #[test]
+    fn the_state_counted_is_the_state_the_optimizers_allocate() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::model::Gpt;
+        use crate::optim::Optimizer;
+        use clap::ValueEnum;
+        let overrides = ModelOverrides {
+            channels: Some(32),
+            heads: Some(2),
+            vocab: Some(64),
+            max_seq_len: Some(8),
+            ..ModelOverrides::default()
+        };
+        for arch in [Arch::Speedrun, Arch::Gpt2] {
+            let model = ModelConfig::new(arch, ModelSize::Tiny, &overrides).unwrap();
+            for &kind in OptimizerKind::value_variants() {
+                let optim = OptimConfig::defaults(arch, kind);
+                let report = MemoryReport::new(&model, &optim, 1, 8).unwrap();
+                let mut backend = CpuBackend::<f32>::new();
+                let gpt = Gpt::new(&mut backend, &model, 1, 8).unwrap();
+                let optimizer = Optimizer::new(&mut backend, &gpt, &optim).unwrap();
+                let allocated: usize = optimizer.state().iter().map(|(_, t)| t.len).sum();
+                assert_eq!(report.state_values(), allocated, "{arch} {kind}");
+            }
+        }
+    }
+
+    #[test]
     fn activations_grow_linearly_with_the_batch() {
         let model =
             ModelConfig::new(Arch::Speedrun, ModelSize::Tiny, &ModelOverrides::default()).unwrap();
         let optim = OptimConfig::defaults(Arch::Speedrun, OptimizerKind::Muon);
-        let one = MemoryReport::new(&model, &optim, 1, 64);
-        let four = MemoryReport::new(&model, &optim, 4, 64);
+        let one = MemoryReport::new(&model, &optim, 1, 64).unwrap();
+        let four = MemoryReport::new(&model, &optim, 4, 64).unwrap();
         assert_eq!(four.activations, 4 * one.activations);
         assert_eq!(four.activation_grads, 4 * one.activation_grads);
         assert_eq!(one.params, four.params);

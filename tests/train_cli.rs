@@ -174,6 +174,14 @@ fn learns_to_the_entropy_rate(optimizer: &str, extra: &[&str]) {
         "sgd" | "adagrad" | "rmsprop" => matrix + other,
         // z and v, and two scalars (peak learning rate, sum of weights) per group.
         "sf-adamw" => 2 * (matrix + other) + 2 * 3,
+        // Shampoo: momentum and Adam's second moment; SOAP: m and v; both: per matrix (one
+        // tile each) a left r×r and a right c×c factor, and as many values again for the roots
+        // or the eigenbases. Per layer q, k, v and the projection are 64×64 (2·64² each), the
+        // MLP's 256×64 and 64×256 (256² + 64² each).
+        "shampoo" | "soap" => {
+            let factors = 2 * (4 * 2 * 64 * 64 + 2 * (256 * 256 + 64 * 64));
+            2 * matrix + 2 * other + 2 * factors
+        }
         _ => 2 * (matrix + other),
     };
     assert_eq!(
@@ -238,6 +246,19 @@ fn tiny_model_learns_markov_data_to_the_entropy_rate_with_adam() {
 #[test]
 fn tiny_model_learns_markov_data_to_the_entropy_rate_with_schedule_free_adamw() {
     learns_to_the_entropy_rate("sf-adamw", &["--optimizer-all", "--lr", "0.03"]);
+}
+
+// Shampoo and SOAP precondition the hidden matrices only (their own learning is tested in
+// src/optim/shampoo.rs and soap.rs); here the whole command line path, at their defaults.
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_shampoo() {
+    learns_to_the_entropy_rate("shampoo", &[]);
+}
+
+#[test]
+fn tiny_model_learns_markov_data_to_the_entropy_rate_with_soap() {
+    learns_to_the_entropy_rate("soap", &[]);
 }
 
 #[test]

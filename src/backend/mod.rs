@@ -206,6 +206,89 @@ impl ElementwiseRule {
     }
 }
 
+/// A batch of `count` row-major `rows × cols` matrices cut into tiles of at most
+/// `block × block`, for optimizers that keep statistics per tile (Shampoo and SOAP precondition
+/// each tile with its own Kronecker factors, whose cost grows with the cube of their size).
+/// Along each dimension the tiles are `block` long, the last one shorter where `block` does not
+/// divide the dimension, so there are at most four tile shapes. The packed form groups the tiles
+/// by shape, each group one batch for [`Gemm`]; see [`BlockLayout::tile_sets`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLayout {
+    pub rows: usize,
+    pub cols: usize,
+    pub count: usize,
+    pub block: usize,
+}
+
+/// The tiles of one shape in the packed form of a [`BlockLayout`]: `count` tiles of
+/// `rows × cols`, row-major, back to back from `offset`. They cover a `grid.0 × grid.1` grid of
+/// tiles of every matrix, whose first tile starts at row `origin.0`, column `origin.1`; they are
+/// ordered by matrix, then tile row, then tile column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileSet {
+    pub rows: usize,
+    pub cols: usize,
+    pub count: usize,
+    pub offset: usize,
+    pub grid: (usize, usize),
+    pub origin: (usize, usize),
+}
+
+impl TileSet {
+    pub fn elements(&self) -> usize {
+        self.rows * self.cols * self.count
+    }
+
+    /// The matrix, first row and first column of tile `index` of this set.
+    pub fn tile(&self, index: usize) -> (usize, usize, usize) {
+        let per_matrix = self.grid.0 * self.grid.1;
+        let (matrix, within) = (index / per_matrix, index % per_matrix);
+        (
+            matrix,
+            self.origin.0 + within / self.grid.1 * self.rows,
+            self.origin.1 + within % self.grid.1 * self.cols,
+        )
+    }
+}
+
+impl BlockLayout {
+    /// The tile shapes along one dimension: (length, number of tiles, first index), full
+    /// tiles first.
+    fn spans(dim: usize, block: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+        let full = dim / block;
+        [(block, full, 0), (dim % block, 1, full * block)]
+            .into_iter()
+            .filter(|&(len, number, _)| len > 0 && number > 0)
+    }
+
+    /// The tile groups of the packed form, in order: full tiles, then those cut short in the
+    /// last columns, the last rows, and both.
+    pub fn tile_sets(&self) -> Vec<TileSet> {
+        assert!(self.block > 0, "block size 0");
+        let mut sets = Vec::new();
+        let mut offset = 0;
+        for (rows, row_tiles, row0) in Self::spans(self.rows, self.block) {
+            for (cols, col_tiles, col0) in Self::spans(self.cols, self.block) {
+                let set = TileSet {
+                    rows,
+                    cols,
+                    count: self.count * row_tiles * col_tiles,
+                    offset,
+                    grid: (row_tiles, col_tiles),
+                    origin: (row0, col0),
+                };
+                offset += set.elements();
+                sets.push(set);
+            }
+        }
+        sets
+    }
+
+    pub fn elements(&self) -> usize {
+        self.rows * self.cols * self.count
+    }
+}
+
 /// Attention shape: `batch` sequences of `seq_len` tokens, `heads` heads of `channels/heads`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
@@ -466,4 +549,82 @@ pub trait Backend {
     fn normalize_frobenius(&mut self, x: Tensor, batch: usize, eps: f32) -> Result<()>;
     /// Batched matrix product, see [`Gemm`].
     fn gemm(&mut self, out: Tensor, a: Tensor, b: Tensor, shape: Gemm) -> Result<()>;
+    /// The Adam direction without applying it: `m`, `v` EMAs of `grad` (as in
+    /// [`ElementwiseRule::Adam`]), then `out = m̂/(√v̂ + eps)` with the bias-corrected moments
+    /// of 1-based step `step`. Preconditioned optimizers rotate, rescale or graft it before the
+    /// update.
+    fn adam_direction(
+        &mut self,
+        out: Tensor,
+        grad: Tensor,
+        m: Tensor,
+        v: Tensor,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        step: u32,
+    ) -> Result<()>;
+    /// Rescales each of the `batch` equal parts of `x` to the Frobenius norm of the matching part
+    /// of `target`: `x ← x·‖target‖/(‖x‖ + 1e-16)` (layer-wise grafting; a zero part stays zero).
+    fn match_norms(&mut self, x: Tensor, target: Tensor, batch: usize) -> Result<()>;
+    /// Copies matrices into their packed tiles (see [`BlockLayout`]); `blocks` and `matrices`
+    /// both hold `layout.elements()` elements.
+    fn pack_blocks(&mut self, blocks: Tensor, matrices: Tensor, layout: BlockLayout) -> Result<()>;
+    /// The inverse of [`Backend::pack_blocks`].
+    fn unpack_blocks(
+        &mut self,
+        matrices: Tensor,
+        blocks: Tensor,
+        layout: BlockLayout,
+    ) -> Result<()>;
+
+    // ---- dense linear algebra, for the matrix preconditioners ----
+    //
+    // All matrices are row-major, like everything else here. cuSOLVER works column-major, where
+    // a row-major symmetric matrix reads the same but eigenvectors come out as rows and QR
+    // factors the transpose, so the CUDA backend transposes around its solver calls.
+
+    /// Eigendecomposition of `batch` symmetric `n × n` matrices stored back to back in `matrices`
+    /// (only their lower triangles are read): the eigenvalues of each, ascending, into
+    /// `eigenvalues` (batch·n), and the unit eigenvectors as the columns of each `n × n` matrix of
+    /// `eigenvectors` (batch·n·n), so that A = V·diag(λ)·Vᵀ. An error where the solver reports
+    /// no convergence. CPU: faer (tridiagonal reduction, then a tridiagonal eigensolver), in f64
+    /// whatever the storage. CUDA: cuSOLVER `syevjBatched` (Jacobi, matrices up to 32×32) or, for larger
+    /// ones, `syevd`/`syevj` per matrix or `XsyevBatched`.
+    fn symmetric_eigen(
+        &mut self,
+        matrices: Tensor,
+        n: usize,
+        batch: usize,
+        eigenvalues: Tensor,
+        eigenvectors: Tensor,
+    ) -> Result<()>;
+    /// `out = V·diag((max(λ, 0) + eps)^exponent)` for each of `batch` eigendecompositions from
+    /// [`Backend::symmetric_eigen`]: with exponent p/2, `out·outᵀ` is the matrix power
+    /// (A₊ + eps·I)^p of the positive part of A, symmetric by construction. Shampoo's inverse
+    /// roots, in one elementwise kernel and one GEMM.
+    fn scale_eigenvectors(
+        &mut self,
+        out: Tensor,
+        eigenvectors: Tensor,
+        eigenvalues: Tensor,
+        n: usize,
+        batch: usize,
+        exponent: f32,
+        eps: f32,
+    ) -> Result<()>;
+    /// Replaces each of `batch` `n × n` matrices A by the orthogonal factor Q of its Householder
+    /// QR decomposition A = Q·R (the signs of Q's columns are the solver's choice). With `rank_by`
+    /// (same shape) the columns are orthogonalised in decreasing order of ⟨rank_by_j, A_j⟩ and Q's
+    /// columns are written back in their original places: SOAP passes its eigenbasis B with
+    /// A = L·B, so that its power iteration keeps the directions of the largest Rayleigh quotients
+    /// bⱼᵀ·L·bⱼ first, as the reference does by sorting. CUDA: cuSOLVER `geqrf` + `orgqr`
+    /// (batched by streams), with a permutation kernel around them for `rank_by`.
+    fn orthonormalize(
+        &mut self,
+        matrices: Tensor,
+        n: usize,
+        batch: usize,
+        rank_by: Option<Tensor>,
+    ) -> Result<()>;
 }

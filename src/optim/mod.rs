@@ -8,16 +8,20 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod elementwise;
+mod kronecker;
+mod matrix_sets;
 mod muon;
 mod rmsprop;
 mod sf_adamw;
 mod sgd;
+mod shampoo;
+mod soap;
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ElementwiseRule, Tensor};
-use crate::model::{Arch, Gpt, Group};
+use crate::model::{Arch, Gpt, Group, ParamSpec};
 pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::{AdamConfig, AdamVariant};
@@ -26,6 +30,8 @@ pub use muon::{Muon, NewtonSchulzScratch, NsCoefficients, newton_schulz};
 pub use rmsprop::RmspropConfig;
 pub use sf_adamw::{ScheduleFree, SfAdamwConfig};
 pub use sgd::SgdConfig;
+pub use shampoo::{Shampoo, ShampooConfig};
+pub use soap::{Soap, SoapConfig};
 
 /// The optimizers `--optimizer` offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -56,6 +62,12 @@ pub enum OptimizerKind {
     #[value(name = "sf-adamw")]
     #[serde(rename = "sf-adamw")]
     SfAdamw,
+    /// Shampoo with Adam grafting (Distributed Shampoo's, as in the speedrun's optimizer
+    /// comparison; lr 0.0018, betas 0.95, 0.95, roots every 10 steps, blocks of 1024).
+    Shampoo,
+    /// SOAP: Adam in the eigenbasis of Shampoo's factors (lr 3e-3, betas 0.95, 0.95, wd 0.01,
+    /// basis refreshed every 10 steps).
+    Soap,
 }
 
 impl std::fmt::Display for OptimizerKind {
@@ -70,6 +82,8 @@ impl std::fmt::Display for OptimizerKind {
             OptimizerKind::Nadamw => "nadamw",
             OptimizerKind::Muon => "muon",
             OptimizerKind::SfAdamw => "sf-adamw",
+            OptimizerKind::Shampoo => "shampoo",
+            OptimizerKind::Soap => "soap",
         })
     }
 }
@@ -106,6 +120,8 @@ pub enum UpdateRule {
     Muon(MuonConfig),
     #[serde(rename = "sf-adamw")]
     SfAdamw(SfAdamwConfig),
+    Shampoo(ShampooConfig),
+    Soap(SoapConfig),
 }
 
 impl UpdateRule {
@@ -120,6 +136,8 @@ impl UpdateRule {
             UpdateRule::Nadamw(_) => OptimizerKind::Nadamw,
             UpdateRule::Muon(_) => OptimizerKind::Muon,
             UpdateRule::SfAdamw(_) => OptimizerKind::SfAdamw,
+            UpdateRule::Shampoo(_) => OptimizerKind::Shampoo,
+            UpdateRule::Soap(_) => OptimizerKind::Soap,
         }
     }
 
@@ -136,6 +154,8 @@ impl UpdateRule {
             OptimizerKind::Nadamw => UpdateRule::Nadamw(AdamVariant::Nadamw.defaults()),
             OptimizerKind::Muon => UpdateRule::Muon(MuonConfig::default()),
             OptimizerKind::SfAdamw => UpdateRule::SfAdamw(SfAdamwConfig::default()),
+            OptimizerKind::Shampoo => UpdateRule::Shampoo(ShampooConfig::default()),
+            OptimizerKind::Soap => UpdateRule::Soap(SoapConfig::default()),
         }
     }
 
@@ -151,18 +171,19 @@ impl UpdateRule {
             UpdateRule::Adam(c) => c.rule(AdamVariant::Adam, step, lr_scale),
             UpdateRule::Adamw(c) => c.rule(AdamVariant::Adamw, step, lr_scale),
             UpdateRule::Nadamw(c) => c.rule(AdamVariant::Nadamw, step, lr_scale),
-            UpdateRule::Muon(_) | UpdateRule::SfAdamw(_) => return None,
+            UpdateRule::Muon(_)
+            | UpdateRule::SfAdamw(_)
+            | UpdateRule::Shampoo(_)
+            | UpdateRule::Soap(_) => return None,
         })
     }
 
-    /// Optimizer state values kept per parameter (what checkpoints save): Muon's momentum, or
-    /// the element-wise rule's state tensors.
-    pub fn state_per_param(&self) -> usize {
-        match (self, self.elementwise(0, 1.0)) {
-            (_, Some(rule)) => rule.state_names().len(),
-            (UpdateRule::SfAdamw(_), None) => 2,
-            _ => 1,
-        }
+    /// Whether the rule works on whole matrices, and so only on the hidden-matrix group.
+    pub fn matrices_only(&self) -> bool {
+        matches!(
+            self,
+            UpdateRule::Muon(_) | UpdateRule::Shampoo(_) | UpdateRule::Soap(_)
+        )
     }
 
     /// The peak learning rate, to override it.
@@ -175,6 +196,8 @@ impl UpdateRule {
             UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => &mut c.lr,
             UpdateRule::Muon(c) => &mut c.lr,
             UpdateRule::SfAdamw(c) => &mut c.lr,
+            UpdateRule::Shampoo(c) => &mut c.lr,
+            UpdateRule::Soap(c) => &mut c.lr,
         }
     }
 
@@ -190,6 +213,8 @@ impl UpdateRule {
             }
             UpdateRule::Muon(c) => &mut c.weight_decay,
             UpdateRule::SfAdamw(c) => &mut c.weight_decay,
+            UpdateRule::Shampoo(c) => &mut c.weight_decay,
+            UpdateRule::Soap(c) => &mut c.weight_decay,
         }
     }
 
@@ -210,6 +235,8 @@ impl UpdateRule {
             UpdateRule::Adam(c) | UpdateRule::Adamw(c) | UpdateRule::Nadamw(c) => c.validate(group),
             UpdateRule::Muon(c) => c.validate(),
             UpdateRule::SfAdamw(c) => c.validate(group),
+            UpdateRule::Shampoo(c) => c.validate(),
+            UpdateRule::Soap(c) => c.validate(),
         }
     }
 
@@ -225,6 +252,8 @@ impl UpdateRule {
             UpdateRule::Nadamw(c) => c.describe(AdamVariant::Nadamw),
             UpdateRule::Muon(c) => c.describe(),
             UpdateRule::SfAdamw(c) => c.describe(),
+            UpdateRule::Shampoo(c) => c.describe(),
+            UpdateRule::Soap(c) => c.describe(),
         }
     }
 }
@@ -343,8 +372,11 @@ impl OptimConfig {
             ("head", &self.head),
             ("scalar", &self.scalar),
         ] {
-            if rule.kind() == OptimizerKind::Muon {
-                bail!("Muon orthogonalises hidden matrices only; the {group} group cannot use it");
+            if rule.matrices_only() {
+                bail!(
+                    "{} works on hidden matrices only; the {group} group cannot use it",
+                    rule.kind()
+                );
             }
             rule.validate(group)?;
         }
@@ -432,20 +464,19 @@ pub struct GroupRange {
     pub grad: Tensor,
 }
 
-/// All groups of a model with their update rules.
-pub struct Optimizer {
-    groups: Vec<(GroupRange, Box<dyn GroupOptimizer>)>,
-}
-
-impl Optimizer {
-    pub fn new(backend: &mut dyn Backend, model: &Gpt, config: &OptimConfig) -> Result<Optimizer> {
-        let mut groups = Vec::new();
-        for group in Group::ALL {
-            let specs: Vec<_> = model.specs.iter().filter(|s| s.group == group).collect();
-            let (Some(first), Some(last)) = (specs.first(), specs.last()) else {
-                continue;
-            };
-            let start = first.tensor.offset - model.param_buffer.offset;
+/// Each group's parameter and gradient ranges and its specs, in [`Group::ALL`] order, for a
+/// model laid out in `param_buffer` (gradients alike in `grad_buffer`).
+pub fn group_ranges(
+    specs: &[ParamSpec],
+    param_buffer: Tensor,
+    grad_buffer: Tensor,
+) -> Vec<(GroupRange, Vec<&ParamSpec>)> {
+    Group::ALL
+        .iter()
+        .filter_map(|&group| {
+            let specs: Vec<_> = specs.iter().filter(|s| s.group == group).collect();
+            let (first, last) = (specs.first()?, specs.last()?);
+            let start = first.tensor.offset - param_buffer.offset;
             let len = last.tensor.offset + last.tensor.len - first.tensor.offset;
             assert_eq!(
                 len,
@@ -455,19 +486,62 @@ impl Optimizer {
             );
             let range = GroupRange {
                 group,
-                param: model.param_buffer.slice(start, len),
-                grad: model.grad_buffer.slice(start, len),
+                param: param_buffer.slice(start, len),
+                grad: grad_buffer.slice(start, len),
             };
-            let rule = config.rule(group);
-            let rule: Box<dyn GroupOptimizer> = match rule {
-                UpdateRule::Muon(muon) if group == Group::Matrix => {
-                    Box::new(Muon::new(backend, &range, &specs, muon.clone())?)
+            Some((range, specs))
+        })
+        .collect()
+}
+
+/// Optimizer state values (what checkpoints save) of `rule` over one group: per parameter for
+/// the element-wise rules and Muon, plus the Kronecker factors and their roots or bases per
+/// tile for Shampoo and SOAP.
+pub fn state_values(rule: &UpdateRule, range: &GroupRange, specs: &[&ParamSpec]) -> Result<usize> {
+    let len = range.param.len;
+    let factors = |block, name| {
+        Ok::<_, anyhow::Error>(kronecker::Tiling::new(range, specs, block, name)?.factor_len)
+    };
+    Ok(match rule {
+        UpdateRule::Muon(_) => len,
+        // z and v, and the two host scalars mirrored for checkpoints.
+        UpdateRule::SfAdamw(_) => 2 * len + 2,
+        // momentum (and Adam's second moment when grafting); factors and roots.
+        UpdateRule::Shampoo(c) => {
+            (1 + usize::from(c.graft)) * len + 2 * factors(c.block, "Shampoo")?
+        }
+        // m and v; factors and eigenbases.
+        UpdateRule::Soap(c) => 2 * len + 2 * factors(c.block, "SOAP")?,
+        rule => {
+            let names = rule
+                .elementwise(0, 1.0)
+                .map_or(0, |r| r.state_names().len());
+            names * len
+        }
+    })
+}
+
+/// All groups of a model with their update rules.
+pub struct Optimizer {
+    groups: Vec<(GroupRange, Box<dyn GroupOptimizer>)>,
+}
+
+impl Optimizer {
+    pub fn new(backend: &mut dyn Backend, model: &Gpt, config: &OptimConfig) -> Result<Optimizer> {
+        let mut groups = Vec::new();
+        for (range, specs) in group_ranges(&model.specs, model.param_buffer, model.grad_buffer) {
+            let group = range.group;
+            let rule: Box<dyn GroupOptimizer> = match config.rule(group) {
+                rule if rule.matrices_only() && group != Group::Matrix => {
+                    bail!("{} cannot update the {} group", rule.kind(), group.name())
                 }
-                UpdateRule::Muon(_) => bail!("Muon cannot update the {} group", group.name()),
-                UpdateRule::SfAdamw(sf) => {
-                    Box::new(ScheduleFree::new(backend, &range, sf.clone())?)
+                UpdateRule::Muon(c) => Box::new(Muon::new(backend, &range, &specs, c.clone())?),
+                UpdateRule::Shampoo(c) => {
+                    Box::new(Shampoo::new(backend, &range, &specs, c.clone())?)
                 }
-                _ => Box::new(Elementwise::new(backend, &range, rule.clone())?),
+                UpdateRule::Soap(c) => Box::new(Soap::new(backend, &range, &specs, c.clone())?),
+                UpdateRule::SfAdamw(c) => Box::new(ScheduleFree::new(backend, &range, c.clone())?),
+                rule => Box::new(Elementwise::new(backend, &range, rule.clone())?),
             };
             groups.push((range, rule));
         }

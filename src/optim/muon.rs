@@ -5,6 +5,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::matrix_sets::{MatrixSet, matrix_sets};
 use super::{GroupOptimizer, GroupRange, MuonConfig};
 use crate::backend::{Backend, BufferKind, Gemm, Tensor};
 use crate::model::ParamSpec;
@@ -53,21 +54,6 @@ impl NsCoefficients {
             NsCoefficients::Quintic => NS_COEFFICIENTS,
             NsCoefficients::Polar => POLAR_EXPRESS_COEFFICIENTS[step],
         }
-    }
-}
-
-/// Matrices of one shape, back to back in the group's range.
-#[derive(Clone, Copy, Debug)]
-struct MatrixSet {
-    offset: usize,
-    rows: usize,
-    cols: usize,
-    count: usize,
-}
-
-impl MatrixSet {
-    fn len(&self) -> usize {
-        self.rows * self.cols * self.count
     }
 }
 
@@ -203,32 +189,7 @@ impl Muon {
         specs: &[&ParamSpec],
         config: MuonConfig,
     ) -> Result<Muon> {
-        // Consecutive tensors of the same matrix shape form one batch.
-        let mut sets: Vec<MatrixSet> = Vec::new();
-        for spec in specs {
-            let Some((rows, cols)) = spec.matrix else {
-                anyhow::bail!(
-                    "parameter {} is not a matrix; Muon cannot update it",
-                    spec.name
-                );
-            };
-            let offset = spec.tensor.offset - range.param.offset;
-            let count = spec.tensor.len / (rows * cols);
-            match sets.last_mut() {
-                Some(last)
-                    if (last.rows, last.cols) == (rows, cols)
-                        && last.offset + last.len() == offset =>
-                {
-                    last.count += count
-                }
-                _ => sets.push(MatrixSet {
-                    offset,
-                    rows,
-                    cols,
-                    count,
-                }),
-            }
-        }
+        let sets = matrix_sets(range, specs, "Muon")?;
         let batches: Vec<_> = sets.iter().map(|s| (s.rows, s.cols, s.count)).collect();
         let scratch = NewtonSchulzScratch::new(backend, &batches)?;
         Ok(Muon {

@@ -10,14 +10,14 @@ use rand_chacha::ChaCha8Rng;
 use super::{
     AdadeltaConfig, AdagradConfig, AdamConfig, AdamVariant, Elementwise, GroupOptimizer,
     GroupRange, MuonConfig, NewtonSchulzScratch, NsCoefficients, OptimConfig, Optimizer,
-    OptimizerKind, RmspropConfig, ScheduleFree, SfAdamwConfig, SgdConfig, UpdateRule,
-    newton_schulz,
+    OptimizerKind, RmspropConfig, ScheduleFree, SfAdamwConfig, SgdConfig, ShampooConfig,
+    SoapConfig, UpdateRule, newton_schulz,
 };
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{Backend, BufferKind, ElementwiseRule, WeightDecay};
 use crate::model::{Arch, Gpt, Group, ModelConfig, ModelOverrides, ModelSize};
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -276,7 +276,7 @@ fn schedule_free_matches_a_transcription_of_the_reference() {
     }
 }
 
-fn to_matrix(values: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
+pub(super) fn to_matrix(values: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
     DMatrix::from_row_iterator(rows, cols, values.iter().map(|&v| v as f64))
 }
 
@@ -491,6 +491,13 @@ fn every_group_gets_its_own_optimizer_and_state() {
             }
             OptimizerKind::Muon => &["matrix.momentum"],
             OptimizerKind::SfAdamw => &["matrix.z", "matrix.v", "matrix.sums"],
+            OptimizerKind::Shampoo => &[
+                "matrix.factors",
+                "matrix.roots",
+                "matrix.momentum",
+                "matrix.second_moment",
+            ],
+            OptimizerKind::Soap => &["matrix.factors", "matrix.bases", "matrix.m", "matrix.v"],
         };
         let mut want = vec!["embedding.m", "embedding.v", "head.m", "head.v"];
         want.extend(matrix_state);
@@ -518,13 +525,16 @@ fn every_rule() -> Vec<OptimConfig> {
         UpdateRule::Nadamw(AdamVariant::Nadamw.defaults()),
         UpdateRule::Muon(MuonConfig::default()),
         UpdateRule::SfAdamw(SfAdamwConfig::default()),
+        UpdateRule::Shampoo(ShampooConfig::default()),
+        UpdateRule::Soap(SoapConfig::default()),
     ];
     rules
         .into_iter()
         .map(|rule| {
-            let rest = match rule {
-                UpdateRule::Muon(_) => UpdateRule::Adamw(AdamVariant::Adamw.defaults()),
-                ref elementwise => elementwise.clone(),
+            let rest = if rule.matrices_only() {
+                UpdateRule::Adamw(AdamVariant::Adamw.defaults())
+            } else {
+                rule.clone()
             };
             OptimConfig {
                 matrix: rule,

@@ -12,6 +12,7 @@
 mod activation;
 mod attention;
 mod embedding;
+mod linalg;
 mod loss;
 mod matmul;
 mod norm;
@@ -24,7 +25,9 @@ use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
 
 use anyhow::{Result, ensure};
 
-use super::{AttentionShape, Backend, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor};
+use super::{
+    AttentionShape, Backend, BlockLayout, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor,
+};
 use views::Views;
 
 /// Elements per task of the elementwise and reduction loops: large enough to amortise
@@ -614,6 +617,109 @@ impl<F: Real> Backend for CpuBackend<F> {
     fn gemm(&mut self, out: Tensor, a: Tensor, b: Tensor, shape: Gemm) -> Result<()> {
         let mut v = self.views();
         matmul::batched(v.mutable(out), v.shared(a), v.shared(b), shape);
+        Ok(())
+    }
+
+    fn adam_direction(
+        &mut self,
+        out: Tensor,
+        grad: Tensor,
+        m: Tensor,
+        v: Tensor,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        step: u32,
+    ) -> Result<()> {
+        let mut views = self.views();
+        optim::adam_direction(
+            views.mutable(out),
+            views.shared(grad),
+            views.mutable(m),
+            views.mutable(v),
+            beta1,
+            beta2,
+            eps,
+            step,
+        );
+        Ok(())
+    }
+
+    fn match_norms(&mut self, x: Tensor, target: Tensor, batch: usize) -> Result<()> {
+        let mut v = self.views();
+        optim::match_norms(v.mutable(x), v.shared(target), batch);
+        Ok(())
+    }
+
+    fn pack_blocks(&mut self, blocks: Tensor, matrices: Tensor, layout: BlockLayout) -> Result<()> {
+        let mut v = self.views();
+        optim::pack_blocks(v.mutable(blocks), v.shared(matrices), layout);
+        Ok(())
+    }
+
+    fn unpack_blocks(
+        &mut self,
+        matrices: Tensor,
+        blocks: Tensor,
+        layout: BlockLayout,
+    ) -> Result<()> {
+        let mut v = self.views();
+        optim::unpack_blocks(v.mutable(matrices), v.shared(blocks), layout);
+        Ok(())
+    }
+
+    fn symmetric_eigen(
+        &mut self,
+        matrices: Tensor,
+        n: usize,
+        batch: usize,
+        eigenvalues: Tensor,
+        eigenvectors: Tensor,
+    ) -> Result<()> {
+        let mut v = self.views();
+        linalg::symmetric_eigen(
+            v.shared(matrices),
+            n,
+            batch,
+            v.mutable(eigenvalues),
+            v.mutable(eigenvectors),
+        )
+    }
+
+    fn scale_eigenvectors(
+        &mut self,
+        out: Tensor,
+        eigenvectors: Tensor,
+        eigenvalues: Tensor,
+        n: usize,
+        batch: usize,
+        exponent: f32,
+        eps: f32,
+    ) -> Result<()> {
+        let mut v = self.views();
+        linalg::scale_eigenvectors(
+            v.mutable(out),
+            v.shared(eigenvectors),
+            v.shared(eigenvalues),
+            n,
+            batch,
+            F::of(exponent as f64),
+            F::of(eps as f64),
+        );
+        Ok(())
+    }
+
+    fn orthonormalize(
+        &mut self,
+        matrices: Tensor,
+        n: usize,
+        batch: usize,
+        rank_by: Option<Tensor>,
+    ) -> Result<()> {
+        let mut v = self.views();
+        let matrices = v.mutable(matrices);
+        let rank_by = rank_by.map(|r| v.shared(r));
+        linalg::orthonormalize(matrices, n, batch, rank_by);
         Ok(())
     }
 }

@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::{CHUNK, Real};
-use crate::backend::{ElementwiseRule, WeightDecay};
+use super::{CHUNK, Real, expect_len};
+use crate::backend::{BlockLayout, ElementwiseRule, WeightDecay};
 
 pub(super) fn fill<F: Real>(x: &mut [F], value: F) {
     x.par_chunks_mut(CHUNK).for_each(|x| x.fill(value));
@@ -221,6 +221,30 @@ pub(super) fn lerp<F: Real>(x: &mut [F], end: &[F], weight: F) {
     par_update(x, end, [], |x, end, []| *x += weight * (end - *x));
 }
 
+/// `out = m̂/(√v̂ + ε)` after updating the moments (Adam's step direction, without the
+/// learning rate).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn adam_direction<F: Real>(
+    out: &mut [F],
+    grad: &[F],
+    m: &mut [F],
+    v: &mut [F],
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    step: u32,
+) {
+    let of = |x: f32| F::of(x as f64);
+    let (beta1, beta2, eps, one) = (of(beta1), of(beta2), of(eps), F::one());
+    let bias1 = one - beta1.powi(step as i32);
+    let bias2_sqrt = (one - beta2.powi(step as i32)).sqrt();
+    par_update(out, grad, [m, v], |out, g, [m, v]| {
+        *m = beta1 * *m + (one - beta1) * g;
+        *v = beta2 * *v + (one - beta2) * g * g;
+        *out = *m / bias1 / (v.sqrt() / bias2_sqrt + eps);
+    });
+}
+
 pub(super) fn muon_momentum<F: Real>(
     update: &mut [F],
     momentum: &mut [F],
@@ -270,4 +294,69 @@ pub(super) fn normalize_frobenius<F: Real>(x: &mut [F], batch: usize, eps: F) {
         let factor = F::one() / (norm + eps);
         m.iter_mut().for_each(|v| *v *= factor);
     });
+}
+
+pub(super) fn match_norms<F: Real>(x: &mut [F], target: &[F], batch: usize) {
+    assert!(
+        batch > 0 && x.len().is_multiple_of(batch) && target.len() == x.len(),
+        "match_norms operand sizes"
+    );
+    let part = x.len() / batch;
+    let norm = |m: &[F]| m.iter().map(|&v| v * v).sum::<F>().sqrt();
+    x.par_chunks_mut(part)
+        .zip(target.par_chunks(part))
+        .for_each(|(x, target)| {
+            let factor = norm(target) / (norm(x) + F::of(1e-16));
+            x.iter_mut().for_each(|v| *v *= factor);
+        });
+}
+
+/// Copies every tile into its place in the packed form, in parallel over tiles.
+pub(super) fn pack_blocks<F: Real>(blocks: &mut [F], matrices: &[F], layout: BlockLayout) {
+    expect_len("packed blocks", blocks.len(), layout.elements());
+    expect_len("blocked matrices", matrices.len(), layout.elements());
+    let (matrix_len, cols) = (layout.rows * layout.cols, layout.cols);
+    for set in layout.tile_sets() {
+        let tile_len = set.rows * set.cols;
+        blocks[set.offset..set.offset + set.elements()]
+            .par_chunks_mut(tile_len)
+            .enumerate()
+            .for_each(|(index, tile)| {
+                let (matrix, row, col) = set.tile(index);
+                for (r, dst) in tile.chunks_mut(set.cols).enumerate() {
+                    let start = matrix * matrix_len + (row + r) * cols + col;
+                    dst.copy_from_slice(&matrices[start..start + set.cols]);
+                }
+            });
+    }
+}
+
+/// Copies every tile back into its matrix, in parallel over matrices.
+pub(super) fn unpack_blocks<F: Real>(matrices: &mut [F], blocks: &[F], layout: BlockLayout) {
+    expect_len("blocked matrices", matrices.len(), layout.elements());
+    expect_len("packed blocks", blocks.len(), layout.elements());
+    let (matrix_len, cols) = (layout.rows * layout.cols, layout.cols);
+    if matrix_len == 0 {
+        return;
+    }
+    let sets = layout.tile_sets();
+    matrices
+        .par_chunks_mut(matrix_len)
+        .enumerate()
+        .for_each(|(matrix, dst)| {
+            for set in &sets {
+                let per_matrix = set.grid.0 * set.grid.1;
+                for index in matrix * per_matrix..(matrix + 1) * per_matrix {
+                    let (_, row, col) = set.tile(index);
+                    let tile = set.offset + index * set.rows * set.cols;
+                    for (r, src) in blocks[tile..tile + set.rows * set.cols]
+                        .chunks(set.cols)
+                        .enumerate()
+                    {
+                        let start = (row + r) * cols + col;
+                        dst[start..start + set.cols].copy_from_slice(src);
+                    }
+                }
+            }
+        });
 }

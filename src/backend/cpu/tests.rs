@@ -6,7 +6,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{activation, attention, embedding, loss, matmul, norm, optim};
-use crate::backend::{AttentionShape, Gemm};
+use crate::backend::{AttentionShape, BlockLayout, Gemm};
 
 fn random(n: usize, seed: u64) -> Vec<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -532,6 +532,72 @@ fn frobenius_normalisation_gives_unit_norm_per_matrix() {
         let norm = m.iter().map(|v| v * v).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-6);
     }
+}
+
+#[test]
+fn adam_direction_is_the_bias_corrected_adam_step_without_the_learning_rate() {
+    // Step 2 from m = 0.1, v = 0.01 with g = 0.5, β = (0.9, 0.99), ε = 1e-8, by hand:
+    // m = 0.14, v = 0.0124, m̂ = 0.14/0.19, v̂ = 0.0124/0.0199 (to the f32 rounding of β).
+    let (mut out, mut m, mut v) = ([0.0f64], [0.1f64], [0.01f64]);
+    optim::adam_direction(&mut out, &[0.5], &mut m, &mut v, 0.9, 0.99, 1e-8, 2);
+    let want = (0.14 / 0.19) / ((0.0124f64 / 0.0199).sqrt() + 1e-8);
+    assert!((m[0] - 0.14).abs() < 1e-7 && (v[0] - 0.0124).abs() < 1e-7);
+    assert!((out[0] - want).abs() < 1e-6, "{} vs {want}", out[0]);
+}
+
+#[test]
+fn matched_norms_take_the_target_norm_per_part_and_leave_zero_parts_at_zero() {
+    let target = random(3 * 4, 112);
+    let mut x = random(3 * 4, 113);
+    x[4..8].fill(0.0);
+    optim::match_norms(&mut x, &target, 3);
+    let norm = |m: &[f64]| m.iter().map(|v| v * v).sum::<f64>().sqrt();
+    for (part, (x, t)) in x.chunks(4).zip(target.chunks(4)).enumerate() {
+        let want = if part == 1 { 0.0 } else { norm(t) };
+        assert!((norm(x) - want).abs() < 1e-12, "part {part}");
+    }
+}
+
+#[test]
+fn packed_blocks_hold_each_tile_row_major_grouped_by_shape_and_unpack_back() {
+    // Two 5×3 matrices in tiles of 2: rows split 2+2+1, columns 2+1, so four shapes:
+    // 2×2 (2 per matrix), 2×1 (2), 1×2 (1), 1×1 (1).
+    let layout = BlockLayout {
+        rows: 5,
+        cols: 3,
+        count: 2,
+        block: 2,
+    };
+    let shapes: Vec<_> = layout
+        .tile_sets()
+        .iter()
+        .map(|s| (s.rows, s.cols, s.count, s.offset))
+        .collect();
+    assert_eq!(
+        shapes,
+        [(2, 2, 4, 0), (2, 1, 4, 16), (1, 2, 2, 24), (1, 1, 2, 28)]
+    );
+    let matrices: Vec<f64> = (0..30).map(|x| x as f64).collect();
+    let mut blocks = vec![0.0; 30];
+    optim::pack_blocks(&mut blocks, &matrices, layout);
+    // Matrix 0 is 0..15 (row r holds 3r..3r+3), matrix 1 is 15..30.
+    let want = [
+        [0, 1, 3, 4],
+        [6, 7, 9, 10],
+        [15, 16, 18, 19],
+        [21, 22, 24, 25], // 2×2
+    ]
+    .iter()
+    .flatten()
+    .chain(&[2, 5, 8, 11, 17, 20, 23, 26]) // 2×1
+    .chain(&[12, 13, 27, 28]) // 1×2
+    .chain(&[14, 29]) // 1×1
+    .map(|&x| x as f64)
+    .collect::<Vec<_>>();
+    assert_eq!(blocks, want);
+    let mut back = vec![0.0; 30];
+    optim::unpack_blocks(&mut back, &blocks, layout);
+    assert_eq!(back, matrices);
 }
 
 #[test]
