@@ -314,9 +314,9 @@ pub fn grok_table(records: &[GrokRecord]) -> String {
 /// A markdown table comparing language-model runs, oldest first.
 pub fn train_table(records: &[Record]) -> String {
     let mut out = String::from(
-        "| date | run | arch | model | params | optimizer | device | steps | tokens \
-         | target | time to target | final val loss | train time | tokens/s |\n\
-         |---|---|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| date | run | arch | model | params | optimizer | lr | groups | device | steps \
+         | tokens | target | time to target | final val loss | train time | tokens/s |\n\
+         |---|---|---|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in records {
         let target = r.target_loss.map_or("-".into(), |t| format!("{t:.4}"));
@@ -325,14 +325,23 @@ pub fn train_table(records: &[Record]) -> String {
             (Some(_), None) => "not reached".into(),
             (Some(_), Some(t)) => seconds(t),
         };
+        let optim = &r.config.optim;
+        // Which groups the chosen optimizer updates: the hidden matrices, or all of them.
+        let groups = if optim.embedding.kind() == optim.matrix.kind() {
+            "all"
+        } else {
+            "matrices"
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1}M | {} | {} | {} | {:.1}M | {} | {} | {:.4} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.1}M | {} | {} | {} | {} | {} | {:.1}M | {} | {} | {:.4} | {} | {:.0} |\n",
             r.date.get(..10).unwrap_or(&r.date),
             r.run_id,
             r.arch,
             r.model,
             r.params as f64 / 1e6,
             r.optimizer,
+            *optim.matrix.clone().lr_mut(),
+            groups,
             r.device,
             r.steps,
             r.tokens as f64 / 1e6,

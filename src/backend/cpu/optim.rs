@@ -45,9 +45,15 @@ fn par_update<F: Real, const N: usize>(
             (p, g, s)
         })
         .collect();
-    chunks.into_par_iter().for_each(|(p, g, mut s)| {
-        for i in 0..p.len() {
-            f(&mut p[i], g[i], s.each_mut().map(|c| &mut c[i]));
+    chunks.into_par_iter().for_each(|(p, g, s)| {
+        // Zipped iterators rather than indexing: no bounds checks, so the loop vectorises.
+        let mut states = s.map(|c| c.iter_mut());
+        for (p, &g) in p.iter_mut().zip(g) {
+            f(
+                p,
+                g,
+                states.each_mut().map(|c| c.next().expect("equal lengths")),
+            );
         }
     });
 }
