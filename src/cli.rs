@@ -500,8 +500,8 @@ struct GrokArgs {
     #[arg(long, default_value_t = GrokConfig::default().heads, help_heading = "Model")]
     heads: usize,
     /// The update rule of every parameter (with its reference defaults for what --lr,
-    /// --weight-decay and the Adam flags do not set); muon updates the hidden matrices at
-    /// --muon-lr and AdamW the rest.
+    /// --weight-decay and the Adam flags do not set); muon (at --muon-lr), shampoo and soap
+    /// update the hidden matrices and AdamW the rest.
     #[arg(long, value_enum, default_value_t = GrokConfig::default().optimizer, help_heading = "Optimizer")]
     optimizer: OptimizerKind,
     /// Learning rate (of every parameter, or of all but the hidden matrices with muon).

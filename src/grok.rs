@@ -58,8 +58,8 @@ pub struct GrokConfig {
     pub layers: usize,
     pub width: usize,
     pub heads: usize,
-    /// The update rule of every parameter, or, with Muon, of the hidden matrices (AdamW
-    /// updates the rest).
+    /// The update rule of every parameter, or, with Muon, Shampoo or SOAP, of the hidden
+    /// matrices (AdamW updates the rest).
     pub optimizer: OptimizerKind,
     /// Learning rate of every group (all but the hidden matrices under Muon).
     pub lr: f32,
@@ -124,8 +124,9 @@ impl GrokConfig {
     }
 
     /// `optimizer` on every group with `lr` and `weight_decay` (and, for the Adam family,
-    /// the betas and ε; other rules keep their reference defaults), except with Muon, which
-    /// updates the hidden matrices at `muon_lr` while AdamW updates the rest.
+    /// the betas and ε; other rules keep their reference defaults), except for the matrix
+    /// optimizers: Muon updates the hidden matrices at `muon_lr`, Shampoo and SOAP at `lr`, and
+    /// AdamW the rest.
     pub fn optim_config(&self) -> OptimConfig {
         let with_settings = |kind| {
             let mut rule = UpdateRule::defaults(kind);
@@ -142,6 +143,10 @@ impl GrokConfig {
                 *muon.lr_mut() = self.muon_lr;
                 *muon.weight_decay_mut() = self.weight_decay;
                 (muon, with_settings(OptimizerKind::Adamw))
+            }
+            // Shampoo and SOAP precondition the matrices; AdamW updates the rest.
+            kind if UpdateRule::defaults(kind).matrices_only() => {
+                (with_settings(kind), with_settings(OptimizerKind::Adamw))
             }
             kind => (with_settings(kind), with_settings(kind)),
         };
@@ -716,6 +721,26 @@ mod tests {
             ..GrokConfig::default()
         };
         assert!(config.validate().unwrap_err().to_string().contains("prime"));
+    }
+
+    #[test]
+    fn every_optimizer_makes_a_valid_configuration() {
+        use clap::ValueEnum;
+        for &optimizer in OptimizerKind::value_variants() {
+            let config = GrokConfig {
+                optimizer,
+                ..GrokConfig::default()
+            };
+            config.validate().unwrap();
+            let optim = config.optim_config();
+            assert_eq!(optim.matrix.kind(), optimizer);
+            let rest = if optim.matrix.matrices_only() {
+                OptimizerKind::Adamw
+            } else {
+                optimizer
+            };
+            assert_eq!(optim.embedding.kind(), rest, "{optimizer}");
+        }
     }
 
     #[test]
