@@ -620,6 +620,10 @@ struct RecordsArgs {
     /// The records log.
     #[arg(long, default_value = "records/records.jsonl")]
     file: PathBuf,
+    /// Also score the optimizers AlgoPerf's way on the runs that have a target: each run one
+    /// trial, each distinct model/batch/data/target one workload.
+    #[arg(long)]
+    algoperf: bool,
 }
 
 impl TrainArgs {
@@ -1297,6 +1301,15 @@ fn print_records(args: &RecordsArgs) -> Result<()> {
         bail!("{} holds no records yet", args.file.display());
     }
     print!("{}", records::table(&records));
+    if args.algoperf {
+        let runs: Vec<records::Record> = (records.iter())
+            .filter_map(|entry| match entry {
+                records::Entry::Train(r) => Some(r.as_ref().clone()),
+                records::Entry::Grok(_) => None,
+            })
+            .collect();
+        print!("\n{}", records::algoperf_table(&runs));
+    }
     Ok(())
 }
 

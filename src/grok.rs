@@ -885,6 +885,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_algoperf_table_scores_each_optimizer_by_its_fastest_run() {
+        // One workload; muon's fastest run 10 s, adamw's 25 s (its other run never got there):
+        // ratios 1 and 2.5, scores 1 and (4 − 2.5)/3 = 0.5. A run without a target is left out.
+        let run = |optimizer: &str, time: Option<f64>| {
+            let mut r = a_train_record();
+            r.optimizer = optimizer.into();
+            r.time_to_target = time;
+            r
+        };
+        let mut untargeted = run("sgd", None);
+        untargeted.target_loss = None;
+        let records = [
+            run("muon", Some(12.0)),
+            run("muon", Some(10.0)),
+            run("adamw", None),
+            run("adamw", Some(25.0)),
+            untargeted,
+        ];
+        let table = records::algoperf_table(&records);
+        assert!(table.contains("over 1 workload(s)"), "{table}");
+        let rows: Vec<&str> = table
+            .lines()
+            .filter(|l| l.starts_with("| m") || l.starts_with("| a"))
+            .collect();
+        assert_eq!(
+            rows,
+            ["| muon | 1.000 | 1 | 2 |", "| adamw | 0.500 | 1 | 2 |"],
+            "{table}"
+        );
+        assert!(!table.contains("sgd"));
+    }
+
     fn a_grok_record() -> GrokRecord {
         let config = GrokConfig {
             p: 5,

@@ -6,6 +6,7 @@
 // would only hide what each kernel reads and writes.
 #![allow(clippy::too_many_arguments)]
 
+pub mod algoperf;
 pub mod atomic;
 pub mod backend;
 pub mod bench;

@@ -311,6 +311,76 @@ pub fn grok_table(records: &[GrokRecord]) -> String {
     out
 }
 
+/// AlgoPerf scores ([`crate::algoperf`]) of the optimizers in a log of language-model runs with
+/// a target: each optimizer is a submission, each distinct workload (architecture, model, batch,
+/// sequence length, data, target loss) a workload, and every run of an optimizer on a workload
+/// one trial of a single study. A markdown table, best score first.
+pub fn algoperf_table(records: &[Record]) -> String {
+    let workload = |r: &Record| {
+        let c = &r.config;
+        format!(
+            "{} {} | {} tokens × {} | {} | target {}",
+            r.arch,
+            r.model,
+            r.batch_tokens,
+            r.seq_len,
+            c.train_data,
+            r.target_loss.map_or("-".into(), |t| t.to_string())
+        )
+    };
+    let with_target: Vec<&Record> = records.iter().filter(|r| r.target_loss.is_some()).collect();
+    let mut workloads: Vec<String> = with_target.iter().map(|r| workload(r)).collect();
+    workloads.sort();
+    workloads.dedup();
+    let mut optimizers: Vec<&str> = with_target.iter().map(|r| r.optimizer.as_str()).collect();
+    optimizers.sort();
+    optimizers.dedup();
+    let trials: Vec<Vec<crate::algoperf::Trials>> = optimizers
+        .iter()
+        .map(|&optimizer| {
+            workloads
+                .iter()
+                .map(|w| {
+                    vec![
+                        (with_target.iter())
+                            .filter(|r| r.optimizer == optimizer && &workload(r) == w)
+                            .map(|r| r.time_to_target)
+                            .collect(),
+                    ]
+                })
+                .collect()
+        })
+        .collect();
+    let scores = crate::algoperf::scores(&trials);
+    let mut rows: Vec<(f64, &str, usize, usize)> = optimizers
+        .iter()
+        .zip(&trials)
+        .zip(&scores)
+        .map(|((&optimizer, per_workload), &score)| {
+            let runs = per_workload.iter().map(|s| s[0].len()).sum();
+            let reached = per_workload
+                .iter()
+                .filter(|s| s[0].iter().any(Option::is_some))
+                .count();
+            (score, optimizer, reached, runs)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    let mut out = format!(
+        "AlgoPerf scores over {} workload(s) (1 = fastest to the target on every workload; no \
+         credit beyond {}× the fastest):\n\n| optimizer | score | workloads reached | runs |\n\
+         |---|---:|---:|---:|\n",
+        workloads.len(),
+        crate::algoperf::MAX_RATIO
+    );
+    for (score, optimizer, reached, runs) in rows {
+        out.push_str(&format!(
+            "| {optimizer} | {score:.3} | {reached} | {runs} |\n"
+        ));
+    }
+    out
+}
+
 /// A markdown table comparing language-model runs, oldest first.
 pub fn train_table(records: &[Record]) -> String {
     let mut out = String::from(
