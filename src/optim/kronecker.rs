@@ -226,13 +226,43 @@ pub(super) mod test_support {
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    use super::super::tests::random;
+    use nalgebra::DMatrix;
+
+    use super::super::tests::{random, to_matrix};
     use super::super::{AdamConfig, Elementwise, GroupOptimizer, GroupRange, UpdateRule};
     use crate::backend::cpu::CpuBackend;
     use crate::backend::{Backend, BufferKind};
     use crate::model::{
         Arch, Gpt, Group, ModelConfig, ModelOverrides, ModelSize, ParamSpec, Pass, params::Init,
     };
+
+    /// Checks that each matrix of a group (one per entry of `shapes`, back to back) moved from
+    /// `before` to `after` as `reference` moves it — called with the matrix's index, its
+    /// gradient and its weights before, to update in place — to within 1e-6 of the largest
+    /// element of the reference's move (the backend takes its scalars in f32).
+    pub fn assert_moves_like(
+        shapes: &[(usize, usize, usize)],
+        [before, after, grads]: [&[f32]; 3],
+        mut reference: impl FnMut(usize, &DMatrix<f64>, &mut DMatrix<f64>),
+        what: &str,
+    ) {
+        let mut offset = 0;
+        for (i, &(rows, cols, _)) in shapes.iter().enumerate() {
+            let span = offset..offset + rows * cols;
+            let g = to_matrix(&grads[span.clone()], rows, cols);
+            let start = to_matrix(&before[span.clone()], rows, cols);
+            let mut want = start.clone();
+            reference(i, &g, &mut want);
+            let got = to_matrix(&after[span], rows, cols);
+            let (moved, want_moved) = (&got - &start, &want - &start);
+            let error = (moved - &want_moved).abs().max();
+            assert!(
+                error < 1e-6 * want_moved.abs().max(),
+                "{what}, {rows}×{cols}: error {error}"
+            );
+            offset += rows * cols;
+        }
+    }
 
     /// Builds a matrix optimizer over a group.
     pub type Make<'a> =

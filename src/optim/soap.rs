@@ -255,7 +255,7 @@ mod tests {
     use nalgebra::DMatrix;
 
     use super::super::kronecker::test_support::{
-        Matrices, assert_resumes_exactly, assert_training_lowers_the_loss,
+        Matrices, assert_moves_like, assert_resumes_exactly, assert_training_lowers_the_loss,
     };
     use super::super::tests::{random, to_matrix};
     use super::*;
@@ -451,22 +451,12 @@ mod tests {
             b.write(group.range.grad, &grads).unwrap();
             soap.step(&mut b, step, 1.0).unwrap();
             let got = b.read(group.range.param).unwrap();
-            let mut offset = 0;
-            for (&(rows, cols, _), reference) in SHAPES.iter().zip(&mut references) {
-                let span = offset..offset + rows * cols;
-                let g = to_matrix(&grads[span.clone()], rows, cols);
-                let before = to_matrix(&params[span.clone()], rows, cols);
-                let mut want = before.clone();
-                reference.step(&c, step, &g, &mut want);
-                let got = to_matrix(&got[span], rows, cols);
-                let (moved, want_moved) = (&got - &before, &want - &before);
-                let error = (moved - &want_moved).abs().max();
-                assert!(
-                    error < 1e-6 * want_moved.abs().max(),
-                    "step {step}, {rows}×{cols}: error {error}"
-                );
-                offset += rows * cols;
-            }
+            assert_moves_like(
+                &SHAPES,
+                [&params, &got, &grads],
+                |i, g, w| references[i].step(&c, step, g, w),
+                &format!("step {step}"),
+            );
             params = got;
         }
     }
