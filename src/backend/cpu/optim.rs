@@ -45,15 +45,14 @@ fn par_update<F: Real, const N: usize>(
             (p, g, s)
         })
         .collect();
-    chunks.into_par_iter().for_each(|(p, g, s)| {
-        // Zipped iterators rather than indexing: no bounds checks, so the loop vectorises.
-        let mut states = s.map(|c| c.iter_mut());
-        for (p, &g) in p.iter_mut().zip(g) {
-            f(
-                p,
-                g,
-                states.each_mut().map(|c| c.next().expect("equal lengths")),
-            );
+    chunks.into_par_iter().for_each(|(p, g, mut s)| {
+        // Every slice cut to the same length first, so that the indexing below needs no
+        // bounds checks and the loop vectorises.
+        let n = p.len();
+        let (p, g) = (&mut p[..n], &g[..n]);
+        let mut s = s.each_mut().map(|c| &mut c[..n]);
+        for i in 0..n {
+            f(&mut p[i], g[i], s.each_mut().map(|c| &mut c[i]));
         }
     });
 }
