@@ -4,24 +4,11 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Output};
+
+mod common;
+use common::{speedrun, succeed};
 
 use speedrun::data::Shard;
-
-fn speedrun(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the speedrun binary runs")
-}
-
-fn succeed(dir: &Path, args: &[&str]) -> (String, String) {
-    let out = speedrun(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "speedrun {args:?} failed:\n{stderr}");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
-}
 
 #[test]
 fn prepare_then_inspect_shows_the_documents_as_text() {

@@ -2,22 +2,9 @@
 //! and `speedrun grok`.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn speedrun(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the speedrun binary runs")
-}
-
-fn succeed(dir: &Path, args: &[&str]) -> String {
-    let out = speedrun(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "speedrun {args:?} failed:\n{stderr}");
-    stderr
-}
+mod common;
+use common::{fail, speedrun, succeed};
 
 /// (alpha or (alpha, beta), loss) rows of a landscape CSV.
 fn csv_rows(path: &Path) -> Vec<Vec<f64>> {
@@ -211,8 +198,7 @@ fn grok_writes_its_curve_plot_and_record() {
     assert!(stdout.contains(record["run_id"].as_str().unwrap()));
 
     // A modulus that is not prime is refused before anything runs.
-    let out = speedrun(p, &["grok", "--p", "91", "--out", "other"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("prime"));
+    let err = fail(p, &["grok", "--p", "91", "--out", "other"]);
+    assert!(err.contains("prime"), "{err}");
     assert!(!p.join("other").exists());
 }

@@ -2,41 +2,14 @@
 //! rate, stopping at a target, resuming bitwise, the records log, and errors on bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use safetensors::SafeTensors;
 use serde_json::Value;
 use tempfile::TempDir;
 
-fn speedrun(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_speedrun"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("the speedrun binary runs")
-}
-
-fn succeed(dir: &Path, args: &[&str]) -> String {
-    let out = speedrun(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "speedrun {args:?} failed:\n{stderr}");
-    stderr
-}
-
-/// Fails, without a panic, and returns the error output.
-fn fail(dir: &Path, args: &[&str]) -> String {
-    let out = speedrun(dir, args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "speedrun {args:?} should fail:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "speedrun {args:?} panicked:\n{stderr}"
-    );
-    stderr
-}
+mod common;
+use common::{fail, speedrun, succeed};
 
 /// A temporary directory with synthetic shards (vocab 64) and their entropy rate.
 struct Workspace {
@@ -76,7 +49,7 @@ impl Workspace {
     fn train(&self, extra: &[&str]) -> String {
         let mut args = TINY.to_vec();
         args.extend(extra);
-        succeed(self.path(), &args)
+        succeed(self.path(), &args).1
     }
 
     fn records(&self, file: &str) -> Vec<Value> {
