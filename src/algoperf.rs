@@ -19,7 +19,7 @@ pub type Trials = Vec<Vec<Option<f64>>>;
 /// t(s, w): the fastest trial of each study, then the median over studies; ∞ if there are no
 /// studies. An even number of studies takes the mean of the two middle values (∞ if either is).
 pub fn time_to_target(studies: &[Vec<Option<f64>>]) -> f64 {
-    let mut best: Vec<f64> = studies
+    let best: Vec<f64> = studies
         .iter()
         .map(|trials| {
             trials
@@ -31,12 +31,18 @@ pub fn time_to_target(studies: &[Vec<Option<f64>>]) -> f64 {
     if best.is_empty() {
         return f64::INFINITY;
     }
-    best.sort_by(f64::total_cmp);
-    let n = best.len();
+    median(best)
+}
+
+/// The middle value, or the mean of the two middle values of an even count (∞ counts as
+/// larger than everything). `values` must not be empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
     if n % 2 == 1 {
-        best[n / 2]
+        values[n / 2]
     } else {
-        (best[n / 2 - 1] + best[n / 2]) / 2.0
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 

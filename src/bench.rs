@@ -9,6 +9,7 @@ use anyhow::{Result, ensure};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::algoperf::median;
 use crate::backend::{Backend, BufferKind, Gemm};
 use crate::model::{Gpt, ModelConfig, Pass};
 use crate::optim::{OptimConfig, Optimizer};
@@ -55,16 +56,6 @@ impl BenchReport {
 
     pub fn achieved_gflops(&self) -> f64 {
         self.flops_per_token * self.tokens_per_second() / 1e9
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
     }
 }
 
