@@ -328,11 +328,15 @@ pub fn algoperf_table(records: &[Record]) -> String {
             r.target_loss.map_or("-".into(), |t| t.to_string())
         )
     };
-    let with_target: Vec<&Record> = records.iter().filter(|r| r.target_loss.is_some()).collect();
-    let mut workloads: Vec<String> = with_target.iter().map(|r| workload(r)).collect();
+    // Each run with a target, with its workload's key (formatted once).
+    let runs: Vec<(String, &Record)> = (records.iter())
+        .filter(|r| r.target_loss.is_some())
+        .map(|r| (workload(r), r))
+        .collect();
+    let mut workloads: Vec<&str> = runs.iter().map(|(w, _)| w.as_str()).collect();
     workloads.sort();
     workloads.dedup();
-    let mut optimizers: Vec<&str> = with_target.iter().map(|r| r.optimizer.as_str()).collect();
+    let mut optimizers: Vec<&str> = runs.iter().map(|(_, r)| r.optimizer.as_str()).collect();
     optimizers.sort();
     optimizers.dedup();
     let trials: Vec<Vec<crate::algoperf::Trials>> = optimizers
@@ -340,11 +344,11 @@ pub fn algoperf_table(records: &[Record]) -> String {
         .map(|&optimizer| {
             workloads
                 .iter()
-                .map(|w| {
+                .map(|&w| {
                     vec![
-                        (with_target.iter())
-                            .filter(|r| r.optimizer == optimizer && &workload(r) == w)
-                            .map(|r| r.time_to_target)
+                        (runs.iter())
+                            .filter(|(key, r)| r.optimizer == optimizer && key == w)
+                            .map(|(_, r)| r.time_to_target)
                             .collect(),
                     ]
                 })
