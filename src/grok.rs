@@ -270,17 +270,6 @@ pub struct GrokResult {
     pub stop: StopReason,
 }
 
-impl GrokResult {
-    /// The last evaluation (every run ends with one).
-    pub fn last(&self) -> Option<&GrokPoint> {
-        self.curve.last()
-    }
-
-    pub fn grokked(&self) -> bool {
-        self.stop == StopReason::Grokked
-    }
-}
-
 fn is_prime(p: u32) -> bool {
     p >= 2
         && (2..)
@@ -770,7 +759,7 @@ mod tests {
             ..GrokConfig::default()
         };
         let result = run(&mut CpuBackend::<f32>::new(), &config, 0).unwrap();
-        let last = result.last().unwrap();
+        let last = result.curve.last().unwrap();
         assert_eq!(result.train_size, 55);
         assert_eq!(result.steps, 300);
         assert_eq!(last.step, 300);

@@ -157,25 +157,7 @@ pub enum Entry {
     Grok(Box<GrokRecord>),
 }
 
-impl Entry {
-    pub fn run_id(&self) -> &str {
-        match self {
-            Entry::Train(r) => &r.run_id,
-            Entry::Grok(r) => &r.run_id,
-        }
-    }
-}
-
-impl Serialize for Entry {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Entry::Train(r) => r.serialize(serializer),
-            Entry::Grok(r) => r.serialize(serializer),
-        }
-    }
-}
-
-/// Appends one record ([`Record`], [`GrokRecord`] or [`Entry`]) as a line of JSON, creating the
+/// Appends one record ([`Record`] or [`GrokRecord`]) as a line of JSON, creating the
 /// file and its directory if needed. The line is written with a single `write` on an
 /// append-mode file and synced, so concurrent runs never interleave within a line and a crash
 /// cannot leave half a record.
