@@ -4,16 +4,8 @@
 # trains with Muon and then with AdamW until the validation loss is within 0.05 nats of that
 # rate, and prints the two records side by side. Extra arguments go to `speedrun train`.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-cargo build --release
-speedrun() { cargo run --release --quiet -- "$@"; }
-data=data/synth
-[ -f "$data/synth.json" ] || speedrun data synth --out "$data"
-
-rate=$(sed -n 's/.*"entropy_rate": *\([0-9.eE+-]*\).*/\1/p' "$data/synth.json")
-target=$(awk -v r="$rate" 'BEGIN { printf "%.4f", r + 0.05 }')
-echo "entropy rate of the data: $rate nats/token; target validation loss: $target"
+# shellcheck source=scripts/synth_target.sh
+source "$(dirname "$0")/synth_target.sh"
 
 for optimizer in muon adamw; do
     speedrun train --device cpu --model tiny --vocab 64 --context 64 --seq-len 64 \

@@ -6,15 +6,8 @@
 # Muon, Shampoo and SOAP on the hidden matrices with the speedrun's AdamW elsewhere. Appends one record per run to
 # records/cpu-optimizer-study.jsonl and prints the table. Extra arguments go to every run.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-
-cargo build --release
-speedrun() { cargo run --release --quiet -- "$@"; }
-data=data/synth
-[ -f "$data/synth.json" ] || speedrun data synth --out "$data"
-rate=$(sed -n 's/.*"entropy_rate": *\([0-9.eE+-]*\).*/\1/p' "$data/synth.json")
-target=$(awk -v r="$rate" 'BEGIN { printf "%.4f", r + 0.05 }')
-echo "entropy rate of the data: $rate nats/token; target validation loss: $target"
+# shellcheck source=scripts/synth_target.sh
+source "$(dirname "$0")/synth_target.sh"
 log=records/cpu-optimizer-study.jsonl
 
 # optimizer, tuned learning rate, extra flags
