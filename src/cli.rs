@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -22,9 +22,10 @@ use crate::memory::MemoryReport;
 use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
 use crate::optim::{NsCoefficients, OptimConfig, OptimizerKind, UpdateRule};
 use crate::records;
+use crate::study::{self, StudyFile, Trial};
 use crate::train::checkpoint::Checkpoint;
 use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
-use crate::{landscape, plot};
+use crate::{landscape, plot, progress};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +73,54 @@ enum Command {
     /// milliseconds (medians), tokens per second, achieved GFLOP/s and the backend's f32
     /// matrix-product peak.
     Bench(BenchArgs),
+    /// Optimizer studies: tuned comparisons of optimizers on several workloads, in the style
+    /// of AlgoPerf's external tuning (see README, "Studies").
+    #[command(subcommand)]
+    Study(StudyCommand),
+    /// A study's report: per workload, each optimizer's best trial, its time, steps and tokens
+    /// to the target, and the AlgoPerf scores, as markdown; loss curves, performance profiles
+    /// and time to target against model size as SVG and PNG plots.
+    Report(ReportArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum StudyCommand {
+    /// Run every trial of a study file that has no record yet: rerun it after a stop and it
+    /// continues (an interrupted trial from its last checkpoint).
+    Run(StudyRunArgs),
+    /// List a study's trials, their drawn hyper-parameters and which are done.
+    Plan(StudyPlanArgs),
+}
+
+#[derive(Args, Debug)]
+struct StudyRunArgs {
+    /// The study file (TOML, or JSON if it ends in .json).
+    file: PathBuf,
+    /// CPU threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct StudyPlanArgs {
+    /// The study file (TOML, or JSON if it ends in .json).
+    file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// The records log holding the study's trials.
+    #[arg(long, default_value = "records/records.jsonl")]
+    records: PathBuf,
+    /// The study to report on [default: the only study in the log].
+    #[arg(long)]
+    study: Option<String>,
+    /// Directory of the report and plots [default: records/reports/<study>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Plot loss curves and the scale plot on a logarithmic time/token axis.
+    #[arg(long)]
+    log_x: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -281,6 +330,10 @@ struct TrainArgs {
     /// a tenth of the run].
     #[arg(long, help_heading = "Schedule")]
     warmup_steps: Option<usize>,
+    /// Warm-up as a fraction of --max-steps, rounded to whole steps (instead of
+    /// --warmup-steps; studies search it so that it scales with each workload's budget).
+    #[arg(long, conflicts_with = "warmup_steps", help_heading = "Schedule")]
+    warmup_frac: Option<f32>,
     /// Fraction of the run at the end over which learning rates decay linearly [default: 0.4
     /// (speedrun), 1 (gpt2); 0 with sf-adamw].
     #[arg(long, help_heading = "Schedule")]
@@ -834,8 +887,16 @@ impl TrainArgs {
             // Schedule-Free replaces the decay by its averaging.
             cooldown = 0.0;
         }
+        if let Some(frac) = self.warmup_frac {
+            ensure!(
+                (0.0..=1.0).contains(&frac),
+                "--warmup-frac must be between 0 and 1, not {frac}"
+            );
+        }
+        let warmup_of_frac =
+            (self.warmup_frac).map(|f| (f64::from(f) * self.max_steps as f64).round() as usize);
         let schedule = Schedule {
-            warmup_steps: self.warmup_steps.unwrap_or(warmup),
+            warmup_steps: self.warmup_steps.or(warmup_of_frac).unwrap_or(warmup),
             cooldown_frac: self.cooldown_frac.unwrap_or(cooldown),
             final_lr_frac: self.final_lr_frac.unwrap_or(final_frac),
         };
@@ -886,6 +947,8 @@ impl TrainArgs {
             resume: self.resume.clone(),
             records: (!self.no_record).then(|| self.records.clone()),
             log_every: self.log_every,
+            record_divergence: false,
+            trial: None,
         };
         stop_on_ctrl_c("stopping after this step to save a checkpoint")?;
         let record = train(backend.as_mut(), &config, &options)?;
@@ -933,6 +996,11 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
 /// The backend for `device`, with `threads` CPU threads.
 fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backend>> {
     set_threads(threads)?;
+    new_backend(device)
+}
+
+/// A fresh backend for `device` (the CPU thread pool as already set).
+fn new_backend(device: Device) -> Result<Box<dyn Backend>> {
     Ok(match device {
         Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
     })
@@ -1313,6 +1381,245 @@ fn print_records(args: &RecordsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The training flags of one trial, parsed as `speedrun train` parses its own.
+#[derive(Parser, Debug)]
+#[command(name = "trial", no_binary_name = true)]
+struct TrialFlags {
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// A study's trials, each with its training flags and settings, checked before anything runs.
+fn plan_study(study: &StudyFile) -> Result<Vec<(Trial, TrainArgs, TrainConfig)>> {
+    (study.trials().into_iter())
+        .map(|trial| {
+            let parsed = TrialFlags::try_parse_from(&trial.args)
+                .map_err(|e| anyhow!("{}", e.render().to_string().lines().next().unwrap_or("")))
+                .and_then(|flags| {
+                    let config = flags.train.config()?;
+                    ensure!(
+                        config.target_loss.is_some(),
+                        "no --target-loss: a study measures the time to a target"
+                    );
+                    Ok((flags.train, config))
+                })
+                .with_context(|| {
+                    format!(
+                        "study {}, trial {}: {}",
+                        study.name,
+                        trial.label(),
+                        trial.args.join(" ")
+                    )
+                })?;
+            Ok((trial, parsed.0, parsed.1))
+        })
+        .collect()
+}
+
+/// The records of `study`'s trials already in its log, each checked against the trial the
+/// study file now plans (same hyper-parameters, same settings).
+fn finished_trials(
+    study: &StudyFile,
+    plan: &[(Trial, TrainArgs, TrainConfig)],
+) -> Result<Vec<records::Record>> {
+    if !study.records.exists() {
+        return Ok(Vec::new());
+    }
+    let mut finished = Vec::new();
+    for entry in records::load(&study.records)? {
+        let records::Entry::Train(record) = entry else {
+            continue;
+        };
+        let Some(tag) = record.trial.as_ref().filter(|t| t.study == study.name) else {
+            continue;
+        };
+        let same_trial = |(t, _, _): &&(Trial, TrainArgs, TrainConfig)| {
+            (t.tag.workload == tag.workload)
+                && t.tag.optimizer == tag.optimizer
+                && t.tag.study_index == tag.study_index
+                && t.tag.trial == tag.trial
+        };
+        let Some((trial, _, config)) = plan.iter().find(same_trial) else {
+            continue;
+        };
+        ensure!(
+            trial.tag.hparams == tag.hparams && *config == record.config,
+            "{} holds a record of study {} trial {} with other settings than the study file now \
+             gives it; name the changed study differently, or give it another records log",
+            study.records.display(),
+            study.name,
+            trial.label()
+        );
+        finished.push(*record);
+    }
+    Ok(finished)
+}
+
+fn is_finished(trial: &Trial, finished: &[records::Record]) -> bool {
+    finished
+        .iter()
+        .any(|r| r.trial.as_ref() == Some(&trial.tag))
+}
+
+/// The checkpoint a trial continues from: the newest in its directory, unless that run had
+/// already finished (its record was never written): then the trial starts over.
+fn resume_point(dir: &std::path::Path) -> Result<Option<PathBuf>> {
+    let Some(path) = study::latest_checkpoint(dir)? else {
+        return Ok(None);
+    };
+    if let Some(why) = Checkpoint::open(&path)?.state.finished() {
+        warn!(
+            "{} is from a finished run ({why}) that left no record; starting the trial over",
+            path.display()
+        );
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+        return Ok(None);
+    }
+    Ok(Some(path))
+}
+
+fn study_run(args: &StudyRunArgs) -> Result<()> {
+    let study = StudyFile::load(&args.file)?;
+    let plan = plan_study(&study)?;
+    let finished = finished_trials(&study, &plan)?;
+    let pending: Vec<_> = plan
+        .iter()
+        .filter(|(t, _, _)| !is_finished(t, &finished))
+        .collect();
+    info!(
+        "study {}: {} trials ({} workload(s) × {} optimizer(s) × {} trial(s) × {} stud(ies)), \
+         {} done, {} to run; records to {}",
+        study.name,
+        plan.len(),
+        study.workloads.len(),
+        study.optimizers.len(),
+        study.trials,
+        study.studies,
+        plan.len() - pending.len(),
+        pending.len(),
+        study.records.display()
+    );
+    set_threads(args.threads)?;
+    stop_on_ctrl_c("stopping after this step to save the trial's checkpoint")?;
+    let mut overall = progress::Overall::new(plan.len(), plan.len() - pending.len());
+    for (trial, flags, config) in pending {
+        info!("trial {}: {}", trial.label(), trial.describe_hparams());
+        let dir = study.checkpoint_dir(&trial.tag);
+        let options = RunOptions {
+            checkpoint_dir: dir.clone(),
+            checkpoint_every: flags.checkpoint_every,
+            resume: resume_point(&dir)?,
+            records: Some(study.records.clone()),
+            log_every: flags.log_every,
+            record_divergence: true,
+            trial: Some(trial.tag.clone()),
+        };
+        let mut backend = new_backend(flags.device)?;
+        let record = train(backend.as_mut(), config, &options).map_err(|e| {
+            if STOP_REQUESTED.load(Ordering::Relaxed) {
+                anyhow!(
+                    "study interrupted during trial {}; run `speedrun study run {}` again to \
+                     continue from its checkpoint",
+                    trial.label(),
+                    args.file.display()
+                )
+            } else {
+                e.context(format!("study {}, trial {}", study.name, trial.label()))
+            }
+        })?;
+        if !study.keep_checkpoints && dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        let outcome = match (record.diverged_at, record.time_to_target) {
+            (Some(step), _) => format!("diverged at step {step}"),
+            (None, Some(t)) => format!("target reached in {t:.1} s ({} steps)", record.steps),
+            (None, None) => format!("target not reached in {} steps", record.steps),
+        };
+        overall.finish_one(&format!("{}: {outcome}", trial.label()));
+    }
+    drop(overall);
+    info!(
+        "study {} complete; its report: speedrun report --records {} --study {}",
+        study.name,
+        study.records.display(),
+        study.name
+    );
+    Ok(())
+}
+
+fn study_plan(args: &StudyPlanArgs) -> Result<()> {
+    let study = StudyFile::load(&args.file)?;
+    let plan = plan_study(&study)?;
+    let finished = finished_trials(&study, &plan)?;
+    println!("| study | workload | optimizer | trial | hyper-parameters | status |");
+    println!("|---:|---|---|---:|---|---|");
+    for (trial, _, _) in &plan {
+        let status = if is_finished(trial, &finished) {
+            "done".to_string()
+        } else {
+            match study::latest_checkpoint(&study.checkpoint_dir(&trial.tag))? {
+                Some(path) => format!("interrupted ({})", path.display()),
+                None => "to run".to_string(),
+            }
+        };
+        let t = &trial.tag;
+        println!(
+            "| {} | {} | {} | {} | {} | {status} |",
+            t.study_index,
+            t.workload,
+            t.optimizer,
+            t.trial,
+            trial.describe_hparams()
+        );
+    }
+    Ok(())
+}
+
+fn report(args: &ReportArgs) -> Result<()> {
+    let runs: Vec<records::Record> = (records::load(&args.records)?.into_iter())
+        .filter_map(|entry| match entry {
+            records::Entry::Train(r) if r.trial.is_some() => Some(*r),
+            _ => None,
+        })
+        .collect();
+    let mut studies: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| Some(r.trial.as_ref()?.study.as_str()))
+        .collect();
+    studies.sort();
+    studies.dedup();
+    let name = match (&args.study, studies.as_slice()) {
+        (Some(name), _) => name.clone(),
+        (None, [only]) => only.to_string(),
+        (None, []) => bail!("{} holds no study trials", args.records.display()),
+        (None, many) => bail!(
+            "{} holds several studies ({}): choose one with --study",
+            args.records.display(),
+            many.join(", ")
+        ),
+    };
+    let trials: Vec<records::Record> = (runs.iter())
+        .filter(|r| r.trial.as_ref().is_some_and(|t| t.study == name))
+        .cloned()
+        .collect();
+    ensure!(
+        !trials.is_empty(),
+        "{} holds no trials of study {name:?} (it has: {})",
+        args.records.display(),
+        studies.join(", ")
+    );
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("records/reports").join(&name));
+    let written = crate::report::write(&name, &trials, &out, args.log_x)?;
+    for path in written {
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
 /// Parses the command line and runs the command.
 pub fn run() -> Result<()> {
     let cli = Cli::parse();
@@ -1325,6 +1632,9 @@ pub fn run() -> Result<()> {
         Some(Command::Landscape(args)) => landscape(&args),
         Some(Command::Grok(args)) => grok(&args),
         Some(Command::Bench(args)) => bench(&args),
+        Some(Command::Study(StudyCommand::Run(args))) => study_run(&args),
+        Some(Command::Study(StudyCommand::Plan(args))) => study_plan(&args),
+        Some(Command::Report(args)) => report(&args),
         Some(Command::Memory(args)) => {
             let config = args.config()?;
             let report = MemoryReport::new(

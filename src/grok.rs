@@ -663,7 +663,7 @@ mod tests {
 
     use super::*;
     use crate::backend::cpu::CpuBackend;
-    use crate::records::{self, Entry, EvalPoint, GrokRecord, Record};
+    use crate::records::{self, Entry, GrokRecord};
 
     #[test]
     fn the_data_set_holds_every_pair_once_with_the_right_answer() {
@@ -823,63 +823,12 @@ mod tests {
         assert_eq!((result.steps, result.curve.len()), (1, 1));
     }
 
-    fn a_train_record() -> Record {
-        use crate::model::{ModelConfig, ModelOverrides, ModelSize};
-        use crate::train::{Schedule, TrainConfig};
-        let model =
-            ModelConfig::new(Arch::Speedrun, ModelSize::Tiny, &ModelOverrides::default()).unwrap();
-        let config = TrainConfig {
-            optim: OptimConfig::defaults(Arch::Speedrun, OptimizerKind::Muon),
-            model,
-            schedule: Schedule {
-                warmup_steps: 0,
-                cooldown_frac: 0.4,
-                final_lr_frac: 0.1,
-            },
-            micro_batch: 4,
-            seq_len: 64,
-            grad_accum: 1,
-            train_data: "train/*.bin".into(),
-            val_data: "val/*.bin".into(),
-            val_tokens: 1024,
-            val_every: 10,
-            max_steps: 20,
-            target_loss: Some(1.2),
-            grad_clip: 0.0,
-            seed: 0,
-        };
-        Record {
-            run_id: "20260101-000000-abcd".into(),
-            date: "2026-01-01T00:00:00Z".into(),
-            git_commit: "abc".into(),
-            host: "host".into(),
-            device: "cpu".into(),
-            arch: "speedrun".into(),
-            model: "tiny".into(),
-            params: 1000,
-            optimizer: "muon".into(),
-            config,
-            batch_tokens: 256,
-            seq_len: 64,
-            steps: 20,
-            tokens: 5120,
-            eval_curve: vec![EvalPoint::from((20, 5120, 1.5, 1.19))],
-            target_loss: Some(1.2),
-            time_to_target: Some(1.5),
-            final_val_loss: 1.19,
-            train_seconds: 1.5,
-            peak_memory_bytes: 1 << 20,
-            optimizer_state_bytes: 4 << 10,
-            tokens_per_second: 3413.0,
-        }
-    }
-
     #[test]
     fn the_algoperf_table_scores_each_optimizer_by_its_fastest_run() {
         // One workload; muon's fastest run 10 s, adamw's 25 s (its other run never got there):
         // ratios 1 and 2.5, scores 1 and (4 − 2.5)/3 = 0.5. A run without a target is left out.
         let run = |optimizer: &str, time: Option<f64>| {
-            let mut r = a_train_record();
+            let mut r = crate::records::test_support::train_record();
             r.optimizer = optimizer.into();
             r.time_to_target = time;
             r
@@ -978,7 +927,10 @@ mod tests {
     fn the_records_log_mixes_both_kinds() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.jsonl");
-        let (train, grok) = (a_train_record(), a_grok_record());
+        let (train, grok) = (
+            crate::records::test_support::train_record(),
+            a_grok_record(),
+        );
         records::append(&path, &train).unwrap();
         records::append(&path, &grok).unwrap();
         // A language-model line that says its kind.

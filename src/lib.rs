@@ -20,4 +20,6 @@ pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod records;
+pub mod report;
+pub mod study;
 pub mod train;

@@ -73,6 +73,28 @@ pub struct Record {
     /// gradients (absent in records of earlier versions: 0).
     #[serde(default)]
     pub optimizer_state_bytes: u64,
+    /// The step at which the training or validation loss stopped being finite, if it did (a
+    /// study records such a trial rather than failing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged_at: Option<usize>,
+    /// Which trial of which study this run was, if any ([`crate::study`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trial: Option<TrialTag>,
+}
+
+/// A study's trial: what it compares and the hyper-parameters it drew.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrialTag {
+    pub study: String,
+    pub workload: String,
+    /// The optimizer's name in the study file.
+    pub optimizer: String,
+    /// Which repetition of the search (each with its own model seed), from 0.
+    pub study_index: usize,
+    /// The trial's index within its study, from 0: its point of the quasi-random sequence.
+    pub trial: usize,
+    /// Training flag (without "--") → the value drawn for it.
+    pub hparams: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The `kind` of a grokking record: always the string "grok".
@@ -409,4 +431,65 @@ pub fn train_table(records: &[Record]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+pub mod test_support {
+    use super::*;
+    use crate::model::Arch;
+    use crate::optim::{OptimConfig, OptimizerKind};
+
+    /// A plausible finished run of the tiny model.
+    pub fn train_record() -> Record {
+        use crate::model::{ModelConfig, ModelOverrides, ModelSize};
+        use crate::train::{Schedule, TrainConfig};
+        let model =
+            ModelConfig::new(Arch::Speedrun, ModelSize::Tiny, &ModelOverrides::default()).unwrap();
+        let config = TrainConfig {
+            optim: OptimConfig::defaults(Arch::Speedrun, OptimizerKind::Muon),
+            model,
+            schedule: Schedule {
+                warmup_steps: 0,
+                cooldown_frac: 0.4,
+                final_lr_frac: 0.1,
+            },
+            micro_batch: 4,
+            seq_len: 64,
+            grad_accum: 1,
+            train_data: "train/*.bin".into(),
+            val_data: "val/*.bin".into(),
+            val_tokens: 1024,
+            val_every: 10,
+            max_steps: 20,
+            target_loss: Some(1.2),
+            grad_clip: 0.0,
+            seed: 0,
+        };
+        Record {
+            run_id: "20260101-000000-abcd".into(),
+            date: "2026-01-01T00:00:00Z".into(),
+            git_commit: "abc".into(),
+            host: "host".into(),
+            device: "cpu".into(),
+            arch: "speedrun".into(),
+            model: "tiny".into(),
+            params: 1000,
+            optimizer: "muon".into(),
+            config,
+            batch_tokens: 256,
+            seq_len: 64,
+            steps: 20,
+            tokens: 5120,
+            eval_curve: vec![EvalPoint::from((20, 5120, 1.5, 1.19))],
+            target_loss: Some(1.2),
+            time_to_target: Some(1.5),
+            final_val_loss: 1.19,
+            train_seconds: 1.5,
+            peak_memory_bytes: 1 << 20,
+            optimizer_state_bytes: 4 << 10,
+            tokens_per_second: 3413.0,
+            diverged_at: None,
+            trial: None,
+        }
+    }
 }

@@ -112,6 +112,11 @@ pub struct RunOptions {
     pub records: Option<PathBuf>,
     /// Without a terminal, log a progress line every this many steps.
     pub log_every: usize,
+    /// On a non-finite loss, end the run and record where it diverged (studies: a diverged
+    /// trial is a result) instead of failing.
+    pub record_divergence: bool,
+    /// The study trial this run is, copied into its record.
+    pub trial: Option<records::TrialTag>,
 }
 
 /// The dotted paths where two JSON values differ, with both values.
@@ -169,19 +174,14 @@ pub fn compute_gradients(
     Ok(loss / grad_accum as f64)
 }
 
-/// Mean loss over the validation tokens.
+/// Mean loss over the validation tokens (not finite if training diverged).
 fn evaluate(backend: &mut dyn Backend, model: &Gpt, val: &ValData) -> Result<f64> {
     let (mut total, mut batches) = (0.0, 0);
     for (inputs, targets) in val.batches(model.batch, model.seq_len)? {
         total += model.forward(backend, &inputs, &targets, Pass::Eval)?;
         batches += 1;
     }
-    let loss = total / batches as f64;
-    ensure!(
-        loss.is_finite(),
-        "training diverged: the validation loss is {loss}"
-    );
-    Ok(loss)
+    Ok(total / batches as f64)
 }
 
 fn log_start(
@@ -304,12 +304,26 @@ pub fn train(
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let progress = Progress::new(config.max_steps, run.step, options.log_every);
     let mut time_to_target = None;
+    let mut diverged_at = None;
+    // A non-finite loss at `step`: the end of the run, recorded or failed as `options` say.
+    let diverged = |step: usize, which: &str, loss: f64| -> Result<Option<usize>> {
+        ensure!(
+            options.record_divergence,
+            "training diverged at step {step}: the {which} loss is {loss}"
+        );
+        info!("training diverged at step {step}: the {which} loss is {loss}; ending the run");
+        Ok(Some(step))
+    };
     loop {
         let step = run.step;
         let last = step >= config.max_steps;
         let evaluated = run.eval_curve.last().is_some_and(|p| p.step == step);
         if !evaluated && (last || (config.val_every > 0 && step.is_multiple_of(config.val_every))) {
             let val_loss = optimizer.with_eval_weights(backend, |b| evaluate(b, &model, &val))?;
+            if !val_loss.is_finite() {
+                diverged_at = diverged(step, "validation", val_loss)?;
+                break;
+            }
             run.eval_curve.push(EvalPoint {
                 step,
                 tokens: run.tokens,
@@ -357,7 +371,8 @@ pub fn train(
         backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
         if !loss.is_finite() {
-            bail!("training diverged at step {step}: the training loss is {loss}");
+            diverged_at = diverged(step, "training", loss)?;
+            break;
         }
         run.step += 1;
         run.tokens += tokens_per_step;
@@ -392,7 +407,8 @@ pub fn train(
         }
     }
     drop(progress);
-    if options.checkpoint_every > 0 {
+    // Diverged weights are no use to anyone: no final checkpoint then.
+    if options.checkpoint_every > 0 && diverged_at.is_none() {
         let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
         checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
         info!("checkpoint {}", path.display());
@@ -422,6 +438,8 @@ pub fn train(
         peak_memory_bytes: backend.peak_memory_bytes(),
         tokens_per_second: run.tokens as f64 / run.train_seconds.max(f64::MIN_POSITIVE),
         optimizer_state_bytes: optimizer_state_bytes(&optimizer),
+        diverged_at,
+        trial: options.trial.clone(),
     };
     if let Some(path) = &options.records {
         records::append(path, &record)?;
