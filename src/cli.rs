@@ -1530,6 +1530,12 @@ fn study_run(args: &StudyRunArgs) -> Result<()> {
         if !study.keep_checkpoints && dir.exists() {
             std::fs::remove_dir_all(&dir)
                 .with_context(|| format!("cannot remove {}", dir.display()))?;
+            // And the directories above it that this leaves empty (remove_dir keeps the others).
+            for parent in dir.ancestors().skip(1) {
+                if parent == study.checkpoint_dir || std::fs::remove_dir(parent).is_err() {
+                    break;
+                }
+            }
         }
         let outcome = match (record.diverged_at, record.time_to_target) {
             (Some(step), _) => format!("diverged at step {step}"),

@@ -100,11 +100,9 @@ fn a_study_runs_each_trial_once_and_its_report_shows_them() {
             assert_eq!(warmup, (frac * 12.0).round() as u64);
         }
     }
-    // Finished trials leave no checkpoints behind.
-    assert!(
-        !p.join("checkpoints/studies/t/one-layer/adamw/s0-t0")
-            .exists()
-    );
+    // Finished trials leave no checkpoints behind, nor the directories that held them.
+    assert!(p.join("checkpoints/studies").exists());
+    assert!(!p.join("checkpoints/studies/t").exists());
 
     // One more trial each: only the new ones run.
     std::fs::write(p.join("t.toml"), study_file(2, WORKLOADS, OPTIMIZERS)).unwrap();
@@ -224,4 +222,30 @@ args = ["--optimizer", "adamw", "--optimizer-all"]
     assert_eq!(runs[0]["steps"], 300);
     assert!(runs[0]["time_to_target"].is_null());
     assert!(!trial_dir.exists());
+}
+
+#[test]
+fn the_committed_study_files_plan_and_their_records_match_them() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files: Vec<_> = std::fs::read_dir(root.join("records/studies"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    assert!(files.len() >= 2, "{files:?}");
+    for file in files {
+        // Every trial's flags parse; where the study was run, each planned trial has its record
+        // (written with the settings the file gives it, or `plan` would fail).
+        let (plan, _) = succeed(root, &["study", "plan", file.to_str().unwrap()]);
+        let runs = plan.lines().skip(2).count();
+        let done = plan.matches("| done |").count();
+        assert!(
+            runs > 0 && (done == 0 || done == runs),
+            "{}:\n{plan}",
+            file.display()
+        );
+        if file.ends_with("cpu-d2-d6.toml") {
+            assert_eq!(done, 27, "{plan}");
+        }
+    }
 }
