@@ -21,10 +21,10 @@ use crate::grok::GrokConfig;
 use crate::memory::MemoryReport;
 use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
 use crate::optim::{NsCoefficients, OptimConfig, OptimizerKind, UpdateRule};
-use crate::records;
+use crate::records::{self, Record};
 use crate::study::{self, StudyFile, Trial};
 use crate::train::checkpoint::Checkpoint;
-use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train};
+use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train_ranks};
 use crate::{landscape, plot, progress};
 
 #[derive(Parser, Debug)]
@@ -156,6 +156,12 @@ struct TrainArgs {
     /// CPU threads [default: all cores].
     #[arg(long, help_heading = "Run")]
     threads: Option<usize>,
+    /// Data-parallel ranks (on the CPU: threads of this process sharing --threads), each with
+    /// a disjoint share of every step's micro-batches; the batch stays --batch-tokens, which
+    /// must hold a multiple of --ranks micro-batches. The result equals one rank's up to the
+    /// order of floating-point sums.
+    #[arg(long, default_value_t = 1, help_heading = "Run")]
+    ranks: usize,
     /// Random seed of the initial weights.
     #[arg(long, default_value_t = 0, help_heading = "Run")]
     seed: u64,
@@ -938,9 +944,15 @@ impl TrainArgs {
         Ok(config)
     }
 
+    /// Trains `config` on this device with these ranks.
+    fn train(&self, config: &TrainConfig, options: &RunOptions) -> Result<Record> {
+        let device = self.device;
+        train_ranks(config, options, self.ranks, &move || new_backend(device))
+    }
+
     fn run(&self) -> Result<()> {
         let config = self.config()?;
-        let mut backend = open_backend(self.device, self.threads)?;
+        set_threads(self.threads)?;
         let options = RunOptions {
             checkpoint_dir: self.checkpoint_dir.clone(),
             checkpoint_every: self.checkpoint_every,
@@ -951,7 +963,7 @@ impl TrainArgs {
             trial: None,
         };
         stop_on_ctrl_c("stopping after this step to save a checkpoint")?;
-        let record = train(backend.as_mut(), &config, &options)?;
+        let record = self.train(&config, &options)?;
         info!(
             "done: {} steps, {} tokens, final val loss {:.4}, {:.1} s of training, {:.0} tokens/s{}",
             record.steps,
@@ -1514,8 +1526,7 @@ fn study_run(args: &StudyRunArgs) -> Result<()> {
             record_divergence: true,
             trial: Some(trial.tag.clone()),
         };
-        let mut backend = new_backend(flags.device)?;
-        let record = train(backend.as_mut(), config, &options).map_err(|e| {
+        let record = flags.train(config, &options).map_err(|e| {
             if STOP_REQUESTED.load(Ordering::Relaxed) {
                 anyhow!(
                     "study interrupted during trial {}; run `speedrun study run {}` again to \

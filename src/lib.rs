@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod grok;
 pub mod landscape;
 pub mod memory;

@@ -51,6 +51,9 @@ pub struct Record {
     pub git_commit: String,
     pub host: String,
     pub device: String,
+    /// Data-parallel ranks the run trained on (1 in records of earlier versions).
+    #[serde(default = "one_rank")]
+    pub ranks: usize,
     pub arch: String,
     pub model: String,
     pub params: usize,
@@ -95,6 +98,10 @@ pub struct TrialTag {
     pub trial: usize,
     /// Training flag (without "--") → the value drawn for it.
     pub hparams: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+fn one_rank() -> usize {
+    1
 }
 
 /// The `kind` of a grokking record: always the string "grok".
@@ -471,6 +478,7 @@ pub mod test_support {
             git_commit: "abc".into(),
             host: "host".into(),
             device: "cpu".into(),
+            ranks: 1,
             arch: "speedrun".into(),
             model: "tiny".into(),
             params: 1000,

@@ -611,6 +611,27 @@ mod tests {
     }
 
     #[test]
+    fn a_json_study_file_plans_the_same_trials_as_its_toml_twin() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("study.toml");
+        std::fs::write(&toml_path, EXAMPLE).unwrap();
+        // The same study, converted by the toml crate's own reader into JSON.
+        let value: toml::Value = toml::from_str(EXAMPLE).unwrap();
+        let json_path = dir.path().join("study.json");
+        std::fs::write(&json_path, serde_json::to_string(&value).unwrap()).unwrap();
+        let from_toml = StudyFile::load(&toml_path).unwrap().trials();
+        let from_json = StudyFile::load(&json_path).unwrap().trials();
+        assert_eq!(from_toml, from_json);
+        // A broken file names itself.
+        std::fs::write(&json_path, "{\"name\": 3}").unwrap();
+        let err = format!("{:#}", StudyFile::load(&json_path).unwrap_err());
+        assert!(
+            err.contains("study.json is not a valid study file"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_latest_checkpoint_is_the_highest_step_of_any_run() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(latest_checkpoint(&dir.path().join("none")).unwrap(), None);

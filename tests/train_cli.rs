@@ -363,6 +363,97 @@ fn resumed_schedule_free_run_matches_the_uninterrupted_run_bitwise() {
 }
 
 #[test]
+fn resumed_data_parallel_run_matches_the_uninterrupted_run_bitwise() {
+    // Two ranks, two micro-batches of 8 sequences each per step.
+    resume_follows_the_uninterrupted_run(&[
+        "--optimizer",
+        "muon",
+        "--micro-batch",
+        "8",
+        "--ranks",
+        "2",
+    ]);
+}
+
+/// Trains the tiny model for 20 steps (4 micro-batches of 4 sequences per step) on 1, 2 and 4
+/// ranks: the validation curves agree to f32 summation-order precision.
+fn data_parallel_run_matches_one_rank(optimizer: &[&str]) {
+    let ws = Workspace::new();
+    let run = |ranks: &str| {
+        let records = format!("ranks{ranks}.jsonl");
+        let mut args = optimizer.to_vec();
+        args.extend([
+            "--micro-batch",
+            "4",
+            "--batch-tokens",
+            "1024",
+            "--max-steps",
+            "20",
+        ]);
+        args.extend([
+            "--val-every",
+            "5",
+            "--checkpoint-every",
+            "0",
+            "--ranks",
+            ranks,
+        ]);
+        args.extend(["--records", &records]);
+        ws.train(&args);
+        ws.records(&records).remove(0)
+    };
+    let one = run("1");
+    let losses = val_losses(&one);
+    assert_eq!(losses.len(), 5);
+    assert!(losses[4] < losses[0] - 1.0, "it learns: {losses:?}");
+    for ranks in ["2", "4"] {
+        let many = run(ranks);
+        assert_eq!(many["ranks"].as_u64(), ranks.parse().ok());
+        assert_eq!(
+            (&many["steps"], &many["tokens"]),
+            (&one["steps"], &one["tokens"])
+        );
+        for (a, b) in losses.iter().zip(val_losses(&many)) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a,
+                "{ranks} ranks: {b} against {a} on one"
+            );
+        }
+    }
+}
+
+#[test]
+fn data_parallel_adamw_run_matches_one_rank() {
+    data_parallel_run_matches_one_rank(&["--optimizer", "adamw", "--optimizer-all"]);
+}
+
+#[test]
+fn data_parallel_muon_run_matches_one_rank() {
+    data_parallel_run_matches_one_rank(&["--optimizer", "muon"]);
+}
+
+#[test]
+fn ranks_must_share_the_micro_batches_equally() {
+    let ws = Workspace::new();
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--micro-batch",
+        "4",
+        "--batch-tokens",
+        "768",
+        "--ranks",
+        "2",
+    ]);
+    let err = fail(ws.path(), &args);
+    assert!(
+        err.contains("2 ranks cannot share the 3 micro-batches"),
+        "{err}"
+    );
+    args.extend(["--ranks", "0"]);
+    assert!(fail(ws.path(), &args).contains("--ranks must be positive"));
+}
+
+#[test]
 fn resume_refuses_other_settings_and_finished_runs() {
     let ws = Workspace::new();
     ws.train(&["--max-steps", "4", "--checkpoint-every", "2", "--no-record"]);

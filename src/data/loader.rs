@@ -128,6 +128,22 @@ impl TrainLoader {
         inputs: &mut Vec<u32>,
         targets: &mut Vec<u32>,
     ) -> Result<(), DataError> {
+        let start = self.advance()?;
+        let bt = self.batch * self.seq_len;
+        let window = &self.shard.tokens()[start..start + bt + 1];
+        fill_u32(inputs, &window[..bt]);
+        fill_u32(targets, &window[1..]);
+        Ok(())
+    }
+
+    /// Moves past the batch `next_batch` would return, without reading it: another rank's.
+    pub fn skip_batch(&mut self) -> Result<(), DataError> {
+        self.advance().map(|_| ())
+    }
+
+    /// The offset in the current shard of the next batch's window (opening the next shard if
+    /// this one has no full window left), and advances the position past it.
+    fn advance(&mut self) -> Result<usize, DataError> {
         if !self.window_fits() {
             let next = self.next_shard_position();
             // Reopening the same file (a single shard) would only re-validate it.
@@ -141,12 +157,9 @@ impl TrainLoader {
             }
             self.pos = next;
         }
-        let bt = self.batch * self.seq_len;
-        let window = &self.shard.tokens()[self.pos.offset..self.pos.offset + bt + 1];
-        fill_u32(inputs, &window[..bt]);
-        fill_u32(targets, &window[1..]);
-        self.pos.offset += bt;
-        Ok(())
+        let start = self.pos.offset;
+        self.pos.offset += self.batch * self.seq_len;
+        Ok(start)
     }
 
     /// Where the next batch starts. A loader created with this position

@@ -4,17 +4,19 @@
 pub mod checkpoint;
 pub mod schedule;
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::info;
 
 use crate::backend::Backend;
 use crate::data::{TrainLoader, ValData};
+use crate::dist::{Comm, RankFailed, SingleRank, ThreadComm};
 use crate::model::{Gpt, ModelConfig, Pass};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::progress::Progress;
@@ -155,21 +157,38 @@ fn ensure_same_run(saved: &TrainConfig, current: &TrainConfig, path: &Path) -> R
 }
 
 /// Sets the model's gradients to those of the mean loss over the tokens of the next
-/// `grad_accum` micro-batches, and returns that loss. `buffers` hold the token ids.
+/// `grad_accum` micro-batches, and returns that loss. `buffers` hold the token ids. With
+/// several ranks, micro-batch i is rank (i mod ranks)'s and the ranks' gradients are summed:
+/// together they compute the one-rank step's gradient.
 pub fn compute_gradients(
     backend: &mut dyn Backend,
     model: &Gpt,
     loader: &mut TrainLoader,
     grad_accum: usize,
     (inputs, targets): (&mut Vec<u32>, &mut Vec<u32>),
+    comm: &dyn Comm,
 ) -> Result<f64> {
     let loss_scale = 1.0 / (model.batch * model.seq_len * grad_accum) as f32;
     model.zero_grads(backend)?;
     let mut loss = 0.0;
-    for _ in 0..grad_accum {
+    for i in 0..grad_accum {
+        if i % comm.size() != comm.rank() {
+            loader.skip_batch()?;
+            continue;
+        }
         loader.next_batch(inputs, targets)?;
         loss += model.forward(backend, inputs, targets, Pass::Train { loss_scale })?;
         model.backward(backend)?;
+    }
+    if comm.size() > 1 {
+        // One all-reduce carries the gradients and, in a last slot, the loss.
+        let mut values = backend.read(model.grad_buffer)?;
+        let loss_slot = values.len();
+        values.push(loss as f32);
+        comm.all_reduce_sum(&mut values)?;
+        loss = f64::from(values[loss_slot]);
+        values.truncate(loss_slot);
+        backend.write(model.grad_buffer, &values)?;
     }
     Ok(loss / grad_accum as f64)
 }
@@ -253,6 +272,78 @@ pub fn train(
     config: &TrainConfig,
     options: &RunOptions,
 ) -> Result<Record> {
+    train_rank(backend, config, options, &SingleRank)?.context("the only rank returned no record")
+}
+
+/// Trains as `config` says on `ranks` data-parallel ranks, threads of this process, each with
+/// a backend of its own from `new_backend` and a disjoint share of every step's micro-batches;
+/// returns the run's record (rank 0's). The result equals one rank's up to the order of
+/// floating-point sums. A rank that fails ends every rank's run.
+pub fn train_ranks(
+    config: &TrainConfig,
+    options: &RunOptions,
+    ranks: usize,
+    new_backend: &(dyn Fn() -> Result<Box<dyn Backend>> + Sync),
+) -> Result<Record> {
+    ensure!(ranks > 0, "--ranks must be positive");
+    if ranks == 1 {
+        return train(new_backend()?.as_mut(), config, options);
+    }
+    ensure!(
+        config.grad_accum.is_multiple_of(ranks),
+        "{ranks} ranks cannot share the {} micro-batches of a step equally: make --batch-tokens \
+         a multiple of --micro-batch × --seq-len × --ranks",
+        config.grad_accum
+    );
+    let comms = ThreadComm::group(ranks);
+    let results: Vec<Result<Option<Record>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (comms.iter())
+            .map(|comm| {
+                scope.spawn(move || {
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        train_rank(new_backend()?.as_mut(), config, options, comm)
+                    }))
+                    .unwrap_or_else(|_| Err(anyhow!("rank {} panicked", comm.rank())));
+                    if result.is_err() {
+                        comm.abort();
+                    }
+                    result
+                })
+            })
+            .collect();
+        (handles.into_iter())
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a rank's thread panicked")))
+            })
+            .collect()
+    });
+    // The first rank's own error; "another rank failed" only if no rank says more.
+    let mut record = None;
+    let mut echo = None;
+    for (rank, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(r) => record = record.or(r),
+            Err(e) if e.downcast_ref::<RankFailed>().is_some() => echo = echo.or(Some(e)),
+            Err(e) if rank == 0 => return Err(e),
+            Err(e) => return Err(e.context(format!("rank {rank}"))),
+        }
+    }
+    if let Some(e) = echo {
+        return Err(e);
+    }
+    record.context("rank 0 returned no record")
+}
+
+/// One rank's share of the run; rank 0 alone logs, validates, checkpoints and returns the
+/// record (the others return None).
+fn train_rank(
+    backend: &mut dyn Backend,
+    config: &TrainConfig,
+    options: &RunOptions,
+    comm: &dyn Comm,
+) -> Result<Option<Record>> {
+    let lead = comm.is_lead();
     config.validate()?;
     let m = &config.model;
     let model = Gpt::new(backend, m, config.micro_batch, config.seq_len)?;
@@ -285,24 +376,37 @@ pub fn train(
         run.loader,
     )
     .context("training data (--train-data)")?;
-    let val = ValData::load(&config.val_data, config.val_tokens, m.vocab)
-        .context("validation data (--val-data, --val-tokens)")?;
-    // Checked now rather than at the first validation, which may come at the end of the run.
-    let val_batches = val
-        .batch_count(config.micro_batch, config.seq_len)
-        .context("validation data (--val-tokens)")?;
     let device = backend.describe();
-    log_start(config, &model, &optimizer, &device, &run);
-    info!(
-        "data: {} training shard(s) matching '{}'; {} validation tokens in {val_batches} batches",
-        loader.files().len(),
-        config.train_data,
-        val.num_tokens()
-    );
+    // Rank 0 validates and broadcasts the loss.
+    let val = if lead {
+        let val = ValData::load(&config.val_data, config.val_tokens, m.vocab)
+            .context("validation data (--val-data, --val-tokens)")?;
+        // Checked now rather than at the first validation, which may come at the end of the run.
+        let val_batches = val
+            .batch_count(config.micro_batch, config.seq_len)
+            .context("validation data (--val-tokens)")?;
+        log_start(config, &model, &optimizer, &device, &run);
+        if comm.size() > 1 {
+            info!(
+                "data parallel: {} ranks, {} micro-batches each per step",
+                comm.size(),
+                config.grad_accum / comm.size()
+            );
+        }
+        info!(
+            "data: {} training shard(s) matching '{}'; {} validation tokens in {val_batches} batches",
+            loader.files().len(),
+            config.train_data,
+            val.num_tokens()
+        );
+        Some(val)
+    } else {
+        None
+    };
 
     let tokens_per_step = config.batch_tokens() as u64;
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-    let progress = Progress::new(config.max_steps, run.step, options.log_every);
+    let progress = lead.then(|| Progress::new(config.max_steps, run.step, options.log_every));
     let mut time_to_target = None;
     let mut diverged_at = None;
     // A non-finite loss at `step`: the end of the run, recorded or failed as `options` say.
@@ -311,7 +415,9 @@ pub fn train(
             options.record_divergence,
             "training diverged at step {step}: the {which} loss is {loss}"
         );
-        info!("training diverged at step {step}: the {which} loss is {loss}; ending the run");
+        if lead {
+            info!("training diverged at step {step}: the {which} loss is {loss}; ending the run");
+        }
         Ok(Some(step))
     };
     loop {
@@ -319,7 +425,11 @@ pub fn train(
         let last = step >= config.max_steps;
         let evaluated = run.eval_curve.last().is_some_and(|p| p.step == step);
         if !evaluated && (last || (config.val_every > 0 && step.is_multiple_of(config.val_every))) {
-            let val_loss = optimizer.with_eval_weights(backend, |b| evaluate(b, &model, &val))?;
+            let val_loss = match &val {
+                Some(val) => optimizer.with_eval_weights(backend, |b| evaluate(b, &model, val))?,
+                None => f64::NAN,
+            };
+            let val_loss = comm.broadcast_f64(val_loss, 0)?;
             if !val_loss.is_finite() {
                 diverged_at = diverged(step, "validation", val_loss)?;
                 break;
@@ -330,10 +440,12 @@ pub fn train(
                 train_seconds: run.train_seconds,
                 val_loss,
             });
-            info!(
-                "step {step:>6} | val loss {val_loss:.4} | train time {:.1} s",
-                run.train_seconds
-            );
+            if lead {
+                info!(
+                    "step {step:>6} | val loss {val_loss:.4} | train time {:.1} s",
+                    run.train_seconds
+                );
+            }
         }
         let reached = |p: &&EvalPoint| {
             config
@@ -342,10 +454,12 @@ pub fn train(
         };
         if let Some(point) = run.eval_curve.last().filter(reached) {
             time_to_target = Some(point.train_seconds);
-            info!(
-                "target reached at step {step} after {:.1} s of training",
-                point.train_seconds
-            );
+            if lead {
+                info!(
+                    "target reached at step {step} after {:.1} s of training",
+                    point.train_seconds
+                );
+            }
             break;
         }
         if last {
@@ -359,6 +473,7 @@ pub fn train(
             &mut loader,
             config.grad_accum,
             (&mut inputs, &mut targets),
+            comm,
         )?;
         if config.grad_clip > 0.0 {
             let norm = backend.sum_squares(model.grad_buffer)?.sqrt();
@@ -378,6 +493,13 @@ pub fn train(
         run.tokens += tokens_per_step;
         run.train_seconds += seconds;
         run.loader = loader.position();
+        let Some(progress) = &progress else {
+            // Only rank 0 reports progress, saves checkpoints and decides when to stop.
+            if comm.broadcast_f64(0.0, 0)? != 0.0 {
+                bail!("interrupted after step {}", run.step);
+            }
+            continue;
+        };
         progress.update(
             run.step,
             &format!(
@@ -396,7 +518,8 @@ pub fn train(
             checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
             info!("checkpoint {}", path.display());
         }
-        if STOP_REQUESTED.load(Ordering::Relaxed) {
+        let stop = STOP_REQUESTED.load(Ordering::Relaxed);
+        if comm.broadcast_f64(f64::from(u8::from(stop)), 0)? != 0.0 {
             let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
             checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
             bail!(
@@ -407,6 +530,9 @@ pub fn train(
         }
     }
     drop(progress);
+    if !lead {
+        return Ok(None);
+    }
     // Diverged weights are no use to anyone: no final checkpoint then.
     if options.checkpoint_every > 0 && diverged_at.is_none() {
         let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
@@ -421,6 +547,7 @@ pub fn train(
         git_commit: GIT_COMMIT.to_string(),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         device,
+        ranks: comm.size(),
         arch: m.arch.to_string(),
         model: m.name.clone(),
         params: model.num_params(),
@@ -445,5 +572,5 @@ pub fn train(
         records::append(path, &record)?;
         info!("record appended to {}", path.display());
     }
-    Ok(record)
+    Ok(Some(record))
 }

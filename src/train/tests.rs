@@ -43,6 +43,7 @@ fn accumulated_micro_batches_give_the_gradient_of_one_large_batch() {
             &mut loader,
             accum,
             (&mut inputs, &mut targets),
+            &crate::dist::SingleRank,
         )
         .unwrap();
         results.push((loss, backend.read(model.grad_buffer).unwrap()));

@@ -1,0 +1,320 @@
+//! Communication between the ranks of a data-parallel run: the collectives training needs
+//! (all-reduce, reduce-scatter, all-gather, broadcast) behind one interface. [`ThreadComm`]
+//! implements it for ranks that are threads of one process (`--device cpu --ranks N`); NCCL
+//! will implement it for GPUs.
+//!
+//! Sums add the ranks' values in rank order on every rank, so every rank gets bit-identical
+//! results and replicas never drift apart.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use anyhow::{Result, bail};
+
+/// The collectives over host f32 buffers, called by every rank in the same order.
+pub trait Comm: Sync {
+    /// This rank, from 0.
+    fn rank(&self) -> usize;
+    /// The number of ranks.
+    fn size(&self) -> usize;
+    /// Every rank's `data` becomes the element-wise sum over ranks.
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()>;
+    /// `out` (`data.len() / size` values) becomes chunk `rank` of the element-wise sum over
+    /// ranks of `data`.
+    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()>;
+    /// `out` (`size · chunk.len()` values) becomes every rank's `chunk`, in rank order.
+    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()>;
+    /// Every rank's `data` becomes rank `root`'s.
+    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<()>;
+    /// Ends the run on every rank: their pending and later collectives fail at once with
+    /// [`RankFailed`]. Called by a rank that fails, so that the others do not wait for it
+    /// forever.
+    fn abort(&self);
+
+    /// Rank `root`'s `value` on every rank, bit for bit (the decisions all ranks must agree on:
+    /// a validation loss against the target, a stop request).
+    fn broadcast_f64(&self, value: f64, root: usize) -> Result<f64> {
+        // Two f32 slots carry the f64's bits; copies move bits unchanged, NaNs included.
+        let bits = value.to_bits();
+        let mut halves = [
+            f32::from_bits((bits >> 32) as u32),
+            f32::from_bits(bits as u32),
+        ];
+        self.broadcast(&mut halves, root)?;
+        let [high, low] = halves.map(|h| u64::from(h.to_bits()));
+        Ok(f64::from_bits(high << 32 | low))
+    }
+
+    /// Whether this is rank 0, which alone logs, checkpoints and writes the record.
+    fn is_lead(&self) -> bool {
+        self.rank() == 0
+    }
+}
+
+/// What a collective returns on the ranks that did not fail when another one did.
+#[derive(Debug, thiserror::Error)]
+#[error("another rank failed")]
+pub struct RankFailed;
+
+/// Fails with [`RankFailed`] if `aborted`.
+fn check(aborted: bool) -> Result<()> {
+    if aborted {
+        return Err(RankFailed.into());
+    }
+    Ok(())
+}
+
+/// One rank alone: every collective is the identity.
+pub struct SingleRank;
+
+impl Comm for SingleRank {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(data);
+        Ok(())
+    }
+    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(chunk);
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
+        Ok(())
+    }
+    fn abort(&self) {}
+}
+
+/// What the ranks of a [`ThreadComm`] share.
+struct Shared {
+    size: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    /// Each rank's contribution to the collective in progress.
+    slots: Vec<Vec<f32>>,
+    /// Ranks that have arrived at the current barrier, and how many barriers have completed.
+    arrived: usize,
+    generation: u64,
+    aborted: bool,
+}
+
+/// A rank among threads of one process.
+pub struct ThreadComm {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl ThreadComm {
+    /// The handles of `size` ranks, one per thread.
+    pub fn group(size: usize) -> Vec<ThreadComm> {
+        let shared = Arc::new(Shared {
+            size,
+            state: Mutex::new(State {
+                slots: vec![Vec::new(); size],
+                arrived: 0,
+                generation: 0,
+                aborted: false,
+            }),
+            changed: Condvar::new(),
+        });
+        (0..size)
+            .map(|rank| ThreadComm {
+                rank,
+                shared: Arc::clone(&shared),
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until every rank has arrived (or one aborted), holding the lock on return.
+    fn barrier<'a>(&'a self, mut state: MutexGuard<'a, State>) -> Result<MutexGuard<'a, State>> {
+        check(state.aborted)?;
+        let generation = state.generation;
+        state.arrived += 1;
+        if state.arrived == self.shared.size {
+            state.arrived = 0;
+            state.generation += 1;
+            self.shared.changed.notify_all();
+        } else {
+            while state.generation == generation && !state.aborted {
+                state = (self.shared.changed.wait(state)).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        check(state.aborted)?;
+        Ok(state)
+    }
+
+    /// Puts `data` in this rank's slot, waits for all, calls `read` with every slot, and waits
+    /// again so that no rank overwrites a slot another is still reading.
+    fn exchange(&self, data: &[f32], read: impl FnOnce(&[Vec<f32>])) -> Result<()> {
+        let mut state = self.lock();
+        check(state.aborted)?;
+        state.slots[self.rank].clear();
+        state.slots[self.rank].extend_from_slice(data);
+        let state = self.barrier(state)?;
+        read(&state.slots);
+        drop(self.barrier(state)?);
+        Ok(())
+    }
+}
+
+/// The element-wise sum of `slots[..][range]`, in rank order, into `out`.
+fn sum_in_rank_order(slots: &[Vec<f32>], start: usize, out: &mut [f32]) {
+    out.copy_from_slice(&slots[0][start..start + out.len()]);
+    for slot in &slots[1..] {
+        for (o, v) in out.iter_mut().zip(&slot[start..]) {
+            *o += v;
+        }
+    }
+}
+
+impl Comm for ThreadComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()> {
+        let mut sum = vec![0.0; data.len()];
+        self.exchange(data, |slots| {
+            sum_in_rank_order(slots, 0, &mut sum);
+        })?;
+        data.copy_from_slice(&sum);
+        Ok(())
+    }
+
+    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()> {
+        let size = self.size();
+        anyhow::ensure!(
+            data.len() == out.len() * size,
+            "reduce-scatter of {} values into {size} chunks of {}",
+            data.len(),
+            out.len()
+        );
+        self.exchange(data, |slots| {
+            sum_in_rank_order(slots, self.rank * out.len(), out);
+        })
+    }
+
+    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
+        anyhow::ensure!(
+            out.len() == chunk.len() * self.size(),
+            "all-gather of {} chunks of {} into {} values",
+            self.size(),
+            chunk.len(),
+            out.len()
+        );
+        self.exchange(chunk, |slots| {
+            for (dst, slot) in out.chunks_mut(chunk.len()).zip(slots) {
+                dst.copy_from_slice(slot);
+            }
+        })
+    }
+
+    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<()> {
+        if root >= self.size() {
+            bail!("broadcast from rank {root} of {}", self.size());
+        }
+        let mut copy = Vec::new();
+        self.exchange(data, |slots| copy = slots[root].clone())?;
+        data.copy_from_slice(&copy);
+        Ok(())
+    }
+
+    fn abort(&self) {
+        self.lock().aborted = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `body` on every rank of a group of `size` threads; returns each rank's result.
+    fn on_ranks<T: Send>(size: usize, body: impl Fn(&ThreadComm) -> T + Sync) -> Vec<T> {
+        let comms = ThreadComm::group(size);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = comms.iter().map(|c| s.spawn(|| body(c))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    #[test]
+    fn collectives_give_what_their_definitions_say() {
+        // Rank r holds [r, 10r, 100r, 1000r] + 1.
+        let data = |r: usize| [1.0, 10.0, 100.0, 1000.0].map(|x| x * r as f32 + 1.0);
+        for _ in 0..20 {
+            let out = on_ranks(4, |c| {
+                let mut sum = data(c.rank()).to_vec();
+                c.all_reduce_sum(&mut sum).unwrap();
+                let mut chunk = [0.0; 1];
+                c.reduce_scatter_sum(&data(c.rank()), &mut chunk).unwrap();
+                let mut gathered = [0.0; 4];
+                c.all_gather(&[c.rank() as f32], &mut gathered).unwrap();
+                let mut b = data(c.rank()).to_vec();
+                c.broadcast(&mut b, 2).unwrap();
+                let x = c.broadcast_f64(1.0 / (3.0 + c.rank() as f64), 1).unwrap();
+                assert_eq!(x, 0.25);
+                (sum, chunk[0], gathered, b)
+            });
+            for (r, (sum, chunk, gathered, b)) in out.iter().enumerate() {
+                // Σ_r (r·x + 1) = 6x + 4.
+                assert_eq!(sum, &[10.0, 64.0, 604.0, 6004.0]);
+                assert_eq!(*chunk, sum[r]);
+                assert_eq!(gathered, &[0.0, 1.0, 2.0, 3.0]);
+                assert_eq!(b, &data(2).to_vec());
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_rank_releases_the_others() {
+        let out = on_ranks(3, |c| {
+            if c.rank() == 1 {
+                c.abort();
+                return Err(anyhow::anyhow!("rank 1 failed"));
+            }
+            let mut x = [1.0];
+            c.all_reduce_sum(&mut x)?;
+            c.all_reduce_sum(&mut x)
+        });
+        for (r, result) in out.iter().enumerate() {
+            let message = format!("{:#}", result.as_ref().unwrap_err());
+            let want = if r == 1 {
+                "rank 1 failed"
+            } else {
+                "another rank failed"
+            };
+            assert_eq!(message, want);
+        }
+    }
+
+    #[test]
+    fn a_single_rank_passes_data_through() {
+        let c = SingleRank;
+        for x in [1.0 / 3.0, -0.0, f64::INFINITY, 1e-310] {
+            assert_eq!(c.broadcast_f64(x, 0).unwrap().to_bits(), x.to_bits());
+        }
+        let mut out = [0.0; 3];
+        c.reduce_scatter_sum(&[1.0, 2.0, 3.0], &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0]);
+    }
+}
