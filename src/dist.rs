@@ -221,6 +221,10 @@ impl Comm for ThreadComm {
             chunk.len(),
             out.len()
         );
+        if chunk.is_empty() {
+            // Nothing to move, but every rank still takes part.
+            return self.exchange(chunk, |_| {});
+        }
         self.exchange(chunk, |slots| {
             for (dst, slot) in out.chunks_mut(chunk.len()).zip(slots) {
                 dst.copy_from_slice(slot);

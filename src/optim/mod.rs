@@ -17,6 +17,8 @@ mod sgd;
 mod shampoo;
 mod soap;
 
+use std::ops::Range;
+
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
@@ -521,45 +523,150 @@ pub fn state_values(rule: &UpdateRule, range: &GroupRange, specs: &[&ParamSpec])
     })
 }
 
+/// Rank `rank` of `ranks`' share of `len` values: the rank-th of equal consecutive chunks of
+/// ⌈len / ranks⌉ (the last ones shorter or empty).
+pub fn shard_of(len: usize, rank: usize, ranks: usize) -> Range<usize> {
+    let chunk = len.div_ceil(ranks);
+    (rank * chunk).min(len)..((rank + 1) * chunk).min(len)
+}
+
+/// `a ∩ b`, empty ranges moved to `a.start`.
+fn intersect(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
+    let start = a.start.max(b.start).min(a.end);
+    start..a.end.min(b.end).max(start)
+}
+
+/// One optimizer state tensor as checkpoints hold it, and which part of it this rank keeps.
+pub struct StatePart {
+    /// `<group>.<state>`.
+    pub name: String,
+    /// The whole tensor's length.
+    pub len: usize,
+    /// Each rank's values of the whole tensor, by rank: consecutive ranges covering it; a
+    /// single range where every rank keeps all of it.
+    pub pieces: Vec<Range<usize>>,
+    /// This rank's piece of the tensor.
+    pub mine: Range<usize>,
+    /// This rank's values (None where its piece is empty).
+    pub tensor: Option<Tensor>,
+}
+
+/// One group: its whole range, its update rule over this rank's part of it (None if that part
+/// is empty), and which part that is.
+struct GroupSlot {
+    range: GroupRange,
+    rule: Option<Box<dyn GroupOptimizer>>,
+    /// Each rank's part of the group, relative to its start (one range: not sharded).
+    pieces: Vec<Range<usize>>,
+    /// The names of the rule's state tensors.
+    state_names: Vec<&'static str>,
+    description: String,
+}
+
 /// All groups of a model with their update rules.
 pub struct Optimizer {
-    groups: Vec<(GroupRange, Box<dyn GroupOptimizer>)>,
+    groups: Vec<GroupSlot>,
+    rank: usize,
 }
 
 impl Optimizer {
     pub fn new(backend: &mut dyn Backend, model: &Gpt, config: &OptimConfig) -> Result<Optimizer> {
+        Self::sharded(backend, model, config, 0, 1)
+    }
+
+    /// The optimizer of rank `rank` of `ranks` data-parallel ranks (ZeRO-1): each element-wise
+    /// group keeps state for, and updates, only the rank's share ([`shard_of`]) of the flat
+    /// parameter buffer; the other rules (Muon, Schedule-Free, Shampoo, SOAP) keep and update
+    /// every parameter on every rank. After a step the ranks must exchange their shares of the
+    /// parameters.
+    pub fn sharded(
+        backend: &mut dyn Backend,
+        model: &Gpt,
+        config: &OptimConfig,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<Optimizer> {
         let mut groups = Vec::new();
         for (range, specs) in group_ranges(&model.specs, model.param_buffer, model.grad_buffer) {
             let group = range.group;
-            let rule: Box<dyn GroupOptimizer> = match config.rule(group) {
+            let whole = std::iter::once(0..range.param.len).collect::<Vec<_>>();
+            let (rule, pieces): (Box<dyn GroupOptimizer>, _) = match config.rule(group) {
                 rule if rule.matrices_only() && group != Group::Matrix => {
                     bail!("{} cannot update the {} group", rule.kind(), group.name())
                 }
-                UpdateRule::Muon(c) => Box::new(Muon::new(backend, &range, &specs, c.clone())?),
-                UpdateRule::Shampoo(c) => {
-                    Box::new(Shampoo::new(backend, &range, &specs, c.clone())?)
+                UpdateRule::Muon(c) => (
+                    Box::new(Muon::new(backend, &range, &specs, c.clone())?),
+                    whole,
+                ),
+                UpdateRule::Shampoo(c) => (
+                    Box::new(Shampoo::new(backend, &range, &specs, c.clone())?),
+                    whole,
+                ),
+                UpdateRule::Soap(c) => (
+                    Box::new(Soap::new(backend, &range, &specs, c.clone())?),
+                    whole,
+                ),
+                UpdateRule::SfAdamw(c) => (
+                    Box::new(ScheduleFree::new(backend, &range, c.clone())?),
+                    whole,
+                ),
+                rule if ranks > 1 => {
+                    // Each rank's part of the group, relative to the group's start.
+                    let start = range.param.offset - model.param_buffer.offset;
+                    let span = start..start + range.param.len;
+                    let pieces: Vec<Range<usize>> = (0..ranks)
+                        .map(|r| intersect(&span, &shard_of(model.param_buffer.len, r, ranks)))
+                        .map(|p| p.start - start..p.end - start)
+                        .collect();
+                    let mine = pieces[rank].clone();
+                    let part = GroupRange {
+                        group,
+                        param: range.param.slice(mine.start, mine.len()),
+                        grad: range.grad.slice(mine.start, mine.len()),
+                    };
+                    let state_names = (rule.elementwise(0, 1.0))
+                        .map_or_else(Vec::new, |r| r.state_names().to_vec());
+                    let rule = (!mine.is_empty())
+                        .then(|| Elementwise::new(backend, &part, rule.clone()))
+                        .transpose()?
+                        .map(|e| Box::new(e) as Box<dyn GroupOptimizer>);
+                    groups.push(GroupSlot {
+                        description: config.rule(group).describe(),
+                        range,
+                        rule,
+                        pieces,
+                        state_names,
+                    });
+                    continue;
                 }
-                UpdateRule::Soap(c) => Box::new(Soap::new(backend, &range, &specs, c.clone())?),
-                UpdateRule::SfAdamw(c) => Box::new(ScheduleFree::new(backend, &range, c.clone())?),
-                rule => Box::new(Elementwise::new(backend, &range, rule.clone())?),
+                rule => (
+                    Box::new(Elementwise::new(backend, &range, rule.clone())?),
+                    whole,
+                ),
             };
-            groups.push((range, rule));
+            groups.push(GroupSlot {
+                description: rule.describe(),
+                state_names: rule.state().into_iter().map(|(name, _)| name).collect(),
+                range,
+                rule: Some(rule),
+                pieces,
+            });
         }
-        Ok(Optimizer { groups })
+        Ok(Optimizer { groups, rank })
+    }
+
+    fn rules(&mut self) -> impl Iterator<Item = &mut Box<dyn GroupOptimizer>> {
+        self.groups.iter_mut().filter_map(|g| g.rule.as_mut())
     }
 
     /// Prepares the state of a fresh run, after the weights are initialised.
     pub fn start(&mut self, backend: &mut dyn Backend) -> Result<()> {
-        self.groups
-            .iter_mut()
-            .try_for_each(|(_, rule)| rule.start(backend))
+        self.rules().try_for_each(|rule| rule.start(backend))
     }
 
     pub fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
-        for (_, rule) in &mut self.groups {
-            rule.step(backend, step, lr_scale)?;
-        }
-        Ok(())
+        self.rules()
+            .try_for_each(|rule| rule.step(backend, step, lr_scale))
     }
 
     /// Runs `f` with the weights to evaluate in the parameter buffer (Schedule-Free's average
@@ -569,46 +676,72 @@ impl Optimizer {
         backend: &mut dyn Backend,
         f: impl FnOnce(&mut dyn Backend) -> Result<T>,
     ) -> Result<T> {
-        for (_, rule) in &mut self.groups {
-            rule.eval_weights(backend)?;
-        }
+        self.rules()
+            .try_for_each(|rule| rule.eval_weights(backend))?;
         let result = f(backend);
-        for (_, rule) in &mut self.groups {
-            rule.train_weights(backend)?;
-        }
+        self.rules()
+            .try_for_each(|rule| rule.train_weights(backend))?;
         result
     }
 
     /// After restoring a checkpoint (which holds the evaluation weights), puts the training
     /// weights in the parameter buffer.
     pub fn restored(&mut self, backend: &mut dyn Backend) -> Result<()> {
-        self.groups
-            .iter_mut()
-            .try_for_each(|(_, rule)| rule.train_weights(backend))
+        self.rules()
+            .try_for_each(|rule| rule.train_weights(backend))
     }
 
-    /// Every state tensor, named `<group>.<state>`.
+    /// This rank's state tensors, named `<group>.<state>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.groups
-            .iter()
-            .flat_map(|(range, rule)| {
-                rule.state()
-                    .into_iter()
-                    .map(|(name, t)| (format!("{}.{name}", range.group.name()), t))
-            })
+        self.state_parts()
+            .into_iter()
+            .filter_map(|part| Some((part.name, part.tensor?)))
             .collect()
+    }
+
+    /// Every state tensor as checkpoints hold it, with this rank's part of it. Every rank
+    /// lists the same tensors in the same order.
+    pub fn state_parts(&self) -> Vec<StatePart> {
+        let mut parts = Vec::new();
+        for slot in &self.groups {
+            let tensors: Vec<Option<Tensor>> = match &slot.rule {
+                Some(rule) => rule.state().into_iter().map(|(_, t)| Some(t)).collect(),
+                None => vec![None; slot.state_names.len()],
+            };
+            let sharded = slot.pieces.len() > 1;
+            for (&name, tensor) in slot.state_names.iter().zip(tensors) {
+                // Whole tensors may be longer than the group (Kronecker factors, host scalars).
+                let len = match tensor {
+                    Some(t) if !sharded => t.len,
+                    _ => slot.range.param.len,
+                };
+                let pieces = if sharded {
+                    slot.pieces.clone()
+                } else {
+                    std::iter::once(0..len).collect()
+                };
+                parts.push(StatePart {
+                    name: format!("{}.{name}", slot.range.group.name()),
+                    len,
+                    mine: pieces[if sharded { self.rank } else { 0 }].clone(),
+                    pieces,
+                    tensor,
+                });
+            }
+        }
+        parts
     }
 
     /// One line per group: name, parameter count, update rule.
     pub fn describe(&self) -> Vec<String> {
         self.groups
             .iter()
-            .map(|(range, rule)| {
+            .map(|slot| {
                 format!(
                     "{:<9} {:>12} params  {}",
-                    range.group.name(),
-                    range.param.len,
-                    rule.describe()
+                    slot.range.group.name(),
+                    slot.range.param.len,
+                    slot.description
                 )
             })
             .collect()

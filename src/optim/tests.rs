@@ -683,3 +683,17 @@ fn polar_express_matches_a_direct_transcription_and_nearly_orthogonalises() {
         );
     }
 }
+
+#[test]
+fn shards_split_the_buffer_into_equal_consecutive_chunks() {
+    let shards = |len, ranks| {
+        (0..ranks)
+            .map(|r| super::shard_of(len, r, ranks))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shards(10, 4), vec![0..3, 3..6, 6..9, 9..10]);
+    assert_eq!(shards(2, 4), vec![0..1, 1..2, 2..2, 2..2]);
+    assert_eq!(shards(8, 1), vec![0..8]);
+    assert_eq!(super::intersect(&(4..9), &(0..3)), 4..4);
+    assert_eq!(super::intersect(&(4..9), &(6..12)), 6..9);
+}

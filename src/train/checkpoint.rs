@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -17,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::TrainConfig;
 use crate::backend::{Backend, Tensor};
 use crate::data::LoaderPosition;
+use crate::dist::Comm;
 use crate::model::{Gpt, ParamSpec};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, StatePart};
 use crate::records::EvalPoint;
 
 const METADATA_KEY: &str = "speedrun";
@@ -129,15 +131,6 @@ impl View for F32Tensor {
     }
 }
 
-/// Every tensor a checkpoint holds for this model and optimizer: (name, shape, tensor).
-fn tensors(model: &Gpt, optimizer: &Optimizer) -> Vec<(String, Vec<usize>, Tensor)> {
-    let state = optimizer
-        .state()
-        .into_iter()
-        .map(|(name, t)| (format!("optim.{name}"), vec![t.len], t));
-    param_tensors(&model.specs).chain(state).collect()
-}
-
 fn param_tensors(specs: &[ParamSpec]) -> impl Iterator<Item = (String, Vec<usize>, Tensor)> + '_ {
     specs
         .iter()
@@ -149,29 +142,73 @@ pub fn path_for(dir: &Path, run_id: &str, step: usize) -> PathBuf {
     dir.join(run_id).join(format!("step_{step:06}.safetensors"))
 }
 
+/// The whole of one optimizer state tensor on every rank: its parts gathered from the ranks
+/// that hold them.
+fn gather(backend: &mut dyn Backend, comm: &dyn Comm, part: &StatePart) -> Result<Vec<f32>> {
+    let mine = (part.tensor.map(|t| backend.read(t)))
+        .transpose()?
+        .unwrap_or_default();
+    if part.pieces.len() == 1 {
+        return Ok(mine);
+    }
+    ensure!(
+        part.pieces.len() == comm.size(),
+        "{} is split over {} ranks, not {}",
+        part.name,
+        part.pieces.len(),
+        comm.size()
+    );
+    // Equal chunks for the all-gather: each rank's piece, padded to the longest.
+    let chunk = part.pieces.iter().map(Range::len).max().unwrap_or(0);
+    let mut padded = mine;
+    padded.resize(chunk, 0.0);
+    let mut all = vec![0.0; chunk * comm.size()];
+    comm.all_gather(&padded, &mut all)?;
+    Ok((part.pieces.iter().enumerate())
+        .flat_map(|(r, piece)| &all[r * chunk..r * chunk + piece.len()])
+        .copied()
+        .collect())
+}
+
+/// Writes a checkpoint of the run. Every rank calls it (optimizer state split over ranks is
+/// gathered); rank 0 writes the file, in the one-rank format whatever the number of ranks.
 pub fn save(
     path: &Path,
     backend: &mut dyn Backend,
     model: &Gpt,
     optimizer: &mut Optimizer,
     state: &RunState,
+    comm: &dyn Comm,
 ) -> Result<()> {
+    let lead = comm.is_lead();
+    let parts = optimizer.state_parts();
+    // The weights saved are the ones to evaluate (Schedule-Free's average), as a user of the
+    // checkpoint expects; a resume turns them back into training weights.
+    let data = optimizer.with_eval_weights(backend, |backend| {
+        let mut named = Vec::new();
+        for (name, shape, tensor) in param_tensors(&model.specs).filter(|_| lead) {
+            named.push((
+                name,
+                F32Tensor {
+                    shape,
+                    data: backend.read(tensor)?,
+                },
+            ));
+        }
+        for part in &parts {
+            let data = gather(backend, comm, part)?;
+            let shape = vec![part.len];
+            named.push((format!("optim.{}", part.name), F32Tensor { shape, data }));
+        }
+        Ok(named)
+    })?;
+    if !lead {
+        return Ok(());
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
     }
-    let named = tensors(model, optimizer);
-    // The weights saved are the ones to evaluate (Schedule-Free's average), as a user of the
-    // checkpoint expects; a resume turns them back into training weights.
-    let data = optimizer.with_eval_weights(backend, |backend| {
-        named
-            .into_iter()
-            .map(|(name, shape, tensor)| {
-                let data = backend.read(tensor)?;
-                Ok((name, F32Tensor { shape, data }))
-            })
-            .collect::<Result<Vec<_>>>()
-    })?;
     let metadata = HashMap::from([(METADATA_KEY.to_string(), serde_json::to_string(state)?)]);
     // Serialised in memory so that the file goes through the same synced write-and-rename as
     // every other file speedrun writes.
@@ -224,14 +261,23 @@ impl Checkpoint {
         })
     }
 
-    /// Writes every parameter and optimizer state tensor back into the backend.
+    /// Writes every parameter, and this rank's part of every optimizer state tensor, back
+    /// into the backend.
     pub fn restore(
         &self,
         backend: &mut dyn Backend,
         model: &Gpt,
         optimizer: &Optimizer,
     ) -> Result<()> {
-        self.load(backend, tensors(model, optimizer))
+        self.load(backend, param_tensors(&model.specs))?;
+        let file = self.file()?;
+        for part in optimizer.state_parts() {
+            let values = self.values(&file, &format!("optim.{}", part.name), &[part.len])?;
+            if let Some(tensor) = part.tensor {
+                backend.write(tensor, &values[part.mine])?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the parameters alone into the views `specs` describe (for generation).
@@ -239,26 +285,34 @@ impl Checkpoint {
         self.load(backend, param_tensors(specs))
     }
 
+    fn file(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.mmap)
+            .with_context(|| format!("{}: corrupt safetensors data", self.path.display()))
+    }
+
+    /// The values of tensor `name`, which must be f32 of `shape`.
+    fn values(&self, file: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let view = file
+            .tensor(name)
+            .with_context(|| format!("{}: no tensor '{name}'", self.path.display()))?;
+        ensure!(
+            view.dtype() == Dtype::F32 && view.shape() == shape,
+            "{}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
+            self.path.display(),
+            view.dtype(),
+            view.shape()
+        );
+        Ok(bytemuck::pod_collect_to_vec(view.data()))
+    }
+
     fn load(
         &self,
         backend: &mut dyn Backend,
         tensors: impl IntoIterator<Item = (String, Vec<usize>, Tensor)>,
     ) -> Result<()> {
-        let file = SafeTensors::deserialize(&self.mmap)
-            .with_context(|| format!("{}: corrupt safetensors data", self.path.display()))?;
+        let file = self.file()?;
         for (name, shape, tensor) in tensors {
-            let view = file
-                .tensor(&name)
-                .with_context(|| format!("{}: no tensor '{name}'", self.path.display()))?;
-            ensure!(
-                view.dtype() == Dtype::F32 && view.shape() == shape.as_slice(),
-                "{}: tensor '{name}' is {:?} {:?}, expected F32 {shape:?}",
-                self.path.display(),
-                view.dtype(),
-                view.shape()
-            );
-            let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
-            backend.write(tensor, &values)?;
+            backend.write(tensor, &self.values(&file, &name, &shape)?)?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::data::{TrainLoader, ValData};
 use crate::dist::{Comm, RankFailed, SingleRank, ThreadComm};
 use crate::model::{Gpt, ModelConfig, Pass};
-use crate::optim::{OptimConfig, Optimizer};
+use crate::optim::{OptimConfig, Optimizer, shard_of};
 use crate::progress::Progress;
 use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
@@ -266,6 +266,38 @@ fn log_start(
     }
 }
 
+/// Saves the run after its current step (every rank takes part; rank 0 writes and logs);
+/// returns the checkpoint's path.
+fn save_checkpoint(
+    options: &RunOptions,
+    backend: &mut dyn Backend,
+    model: &Gpt,
+    optimizer: &mut Optimizer,
+    run: &RunState,
+    comm: &dyn Comm,
+) -> Result<PathBuf> {
+    let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
+    checkpoint::save(&path, backend, model, optimizer, run, comm)?;
+    if comm.is_lead() {
+        info!("checkpoint {}", path.display());
+    }
+    Ok(path)
+}
+
+/// After a sharded optimizer step every rank has updated its share of the parameters (and the
+/// matrices every rank updates alike): each takes the others' shares.
+fn exchange_params(backend: &mut dyn Backend, model: &Gpt, comm: &dyn Comm) -> Result<()> {
+    let len = model.param_buffer.len;
+    let chunk = len.div_ceil(comm.size());
+    let mine = shard_of(len, comm.rank(), comm.size());
+    let mut values = backend.read(model.param_buffer.slice(mine.start, mine.len()))?;
+    values.resize(chunk, 0.0);
+    let mut all = vec![0.0; chunk * comm.size()];
+    comm.all_gather(&values, &mut all)?;
+    all.truncate(len);
+    backend.write(model.param_buffer, &all)
+}
+
 /// Trains as `config` says and returns the run's record (also appended to the log if asked).
 pub fn train(
     backend: &mut dyn Backend,
@@ -347,7 +379,8 @@ fn train_rank(
     config.validate()?;
     let m = &config.model;
     let model = Gpt::new(backend, m, config.micro_batch, config.seq_len)?;
-    let mut optimizer = Optimizer::new(backend, &model, &config.optim)?;
+    let mut optimizer =
+        Optimizer::sharded(backend, &model, &config.optim, comm.rank(), comm.size())?;
     let mut run = match &options.resume {
         Some(path) => {
             let checkpoint = Checkpoint::open(path)?;
@@ -483,6 +516,9 @@ fn train_rank(
         }
         let lr_scale = config.schedule.lr_scale(step, config.max_steps);
         optimizer.step(backend, step, lr_scale)?;
+        if comm.size() > 1 {
+            exchange_params(backend, &model, comm)?;
+        }
         backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
         if !loss.is_finite() {
@@ -493,35 +529,28 @@ fn train_rank(
         run.tokens += tokens_per_step;
         run.train_seconds += seconds;
         run.loader = loader.position();
-        let Some(progress) = &progress else {
-            // Only rank 0 reports progress, saves checkpoints and decides when to stop.
-            if comm.broadcast_f64(0.0, 0)? != 0.0 {
-                bail!("interrupted after step {}", run.step);
-            }
-            continue;
-        };
-        progress.update(
-            run.step,
-            &format!(
-                "step {:>6}/{} | loss {loss:.4} | lr × {lr_scale:.3} | {:.1} ms | {:.0} tokens/s",
+        if let Some(progress) = &progress {
+            progress.update(
                 run.step,
-                config.max_steps,
-                seconds * 1e3,
-                tokens_per_step as f64 / seconds
-            ),
-        );
+                &format!(
+                    "step {:>6}/{} | loss {loss:.4} | lr × {lr_scale:.3} | {:.1} ms | {:.0} tokens/s",
+                    run.step,
+                    config.max_steps,
+                    seconds * 1e3,
+                    tokens_per_step as f64 / seconds
+                ),
+            );
+        }
         if options.checkpoint_every > 0
             && run.step.is_multiple_of(options.checkpoint_every)
             && run.step < config.max_steps
         {
-            let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
-            checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
-            info!("checkpoint {}", path.display());
+            save_checkpoint(options, backend, &model, &mut optimizer, &run, comm)?;
         }
+        // Rank 0 decides, so that every rank stops after the same step.
         let stop = STOP_REQUESTED.load(Ordering::Relaxed);
         if comm.broadcast_f64(f64::from(u8::from(stop)), 0)? != 0.0 {
-            let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
-            checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
+            let path = save_checkpoint(options, backend, &model, &mut optimizer, &run, comm)?;
             bail!(
                 "interrupted after step {}; continue with the same flags and --resume {}",
                 run.step,
@@ -530,14 +559,12 @@ fn train_rank(
         }
     }
     drop(progress);
-    if !lead {
-        return Ok(None);
-    }
     // Diverged weights are no use to anyone: no final checkpoint then.
     if options.checkpoint_every > 0 && diverged_at.is_none() {
-        let path = checkpoint::path_for(&options.checkpoint_dir, &run.run_id, run.step);
-        checkpoint::save(&path, backend, &model, &mut optimizer, &run)?;
-        info!("checkpoint {}", path.display());
+        save_checkpoint(options, backend, &model, &mut optimizer, &run, comm)?;
+    }
+    if !lead {
+        return Ok(None);
     }
 
     let final_val_loss = run.eval_curve.last().map_or(f64::NAN, |p| p.val_loss);
