@@ -23,6 +23,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ElementwiseRule, Tensor};
+use crate::dist::{Comm, SingleRank};
 use crate::model::{Arch, Gpt, Group, ParamSpec};
 pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
@@ -443,6 +444,18 @@ pub trait GroupOptimizer {
     }
     /// Applies step `step` (0-based) with every learning rate multiplied by `lr_scale`.
     fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()>;
+    /// The same step taken by data-parallel ranks together, each with the same gradients, so
+    /// that rules can share out their work (Muon: the Newton–Schulz iterations); the others
+    /// take the whole step on every rank.
+    fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        _comm: &dyn Comm,
+    ) -> Result<()> {
+        self.step(backend, step, lr_scale)
+    }
     /// Puts the weights to evaluate (and to save) in the parameter buffer, for optimizers that
     /// train at another point than they evaluate (Schedule-Free); [`Self::train_weights`]
     /// undoes it.
@@ -528,6 +541,20 @@ pub fn state_values(rule: &UpdateRule, range: &GroupRange, specs: &[&ParamSpec])
 pub fn shard_of(len: usize, rank: usize, ranks: usize) -> Range<usize> {
     let chunk = len.div_ceil(ranks);
     (rank * chunk).min(len)..((rank + 1) * chunk).min(len)
+}
+
+/// After a sharded optimizer step ([`Optimizer::sharded`]) every rank has updated its share
+/// of the flat parameter buffer `params` (and the matrices every rank updates alike): each
+/// takes the others' shares.
+pub fn exchange_params(backend: &mut dyn Backend, params: Tensor, comm: &dyn Comm) -> Result<()> {
+    let chunk = params.len.div_ceil(comm.size());
+    let mine = shard_of(params.len, comm.rank(), comm.size());
+    let mut values = backend.read(params.slice(mine.start, mine.len()))?;
+    values.resize(chunk, 0.0);
+    let mut all = vec![0.0; chunk * comm.size()];
+    comm.all_gather(&values, &mut all)?;
+    all.truncate(params.len);
+    backend.write(params, &all)
 }
 
 /// `a ∩ b`, empty ranges moved to `a.start`.
@@ -665,8 +692,19 @@ impl Optimizer {
     }
 
     pub fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+        self.step_on(backend, step, lr_scale, &SingleRank)
+    }
+
+    /// [`Self::step`] on data-parallel ranks that all call it, with the same gradients.
+    pub fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        comm: &dyn Comm,
+    ) -> Result<()> {
         self.rules()
-            .try_for_each(|rule| rule.step(backend, step, lr_scale))
+            .try_for_each(|rule| rule.step_on(backend, step, lr_scale, comm))
     }
 
     /// Runs `f` with the weights to evaluate in the parameter buffer (Schedule-Free's average

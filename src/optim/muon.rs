@@ -6,8 +6,9 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::matrix_sets::{MatrixSet, matrix_sets};
-use super::{GroupOptimizer, GroupRange, MuonConfig};
+use super::{GroupOptimizer, GroupRange, MuonConfig, shard_of};
 use crate::backend::{Backend, BufferKind, Gemm, Tensor};
+use crate::dist::{Comm, SingleRank};
 use crate::model::ParamSpec;
 
 /// Quintic Newton–Schulz coefficients (a, b, c) tuned by Keller Jordan: they push singular
@@ -216,6 +217,19 @@ impl Muon {
 
 impl GroupOptimizer for Muon {
     fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+        self.step_on(backend, step, lr_scale, &SingleRank)
+    }
+
+    /// Every rank computes the momentum; of each set of same-shape matrices, rank r
+    /// orthogonalises the r-th of equal consecutive shares ([`shard_of`]), and an all-gather
+    /// gives every rank all of them before the identical weight update.
+    fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        comm: &dyn Comm,
+    ) -> Result<()> {
         let beta = self.momentum_at(step);
         let nesterov = self.config.nesterov;
         backend.muon_momentum(self.update, self.momentum, self.grad, beta, nesterov)?;
@@ -223,16 +237,31 @@ impl GroupOptimizer for Muon {
         for set in &self.sets {
             let update = self.update.slice(set.offset, set.len());
             let (rows, cols, steps) = (set.rows, set.cols, self.config.ns_steps);
-            newton_schulz(
-                backend,
-                update,
-                rows,
-                cols,
-                set.count,
-                steps,
-                self.config.ns_coefficients,
-                &self.scratch,
-            )?;
+            let size = rows * cols;
+            let mine = shard_of(set.count, comm.rank(), comm.size());
+            if !mine.is_empty() {
+                newton_schulz(
+                    backend,
+                    update.slice(mine.start * size, mine.len() * size),
+                    rows,
+                    cols,
+                    mine.len(),
+                    steps,
+                    self.config.ns_coefficients,
+                    &self.scratch,
+                )?;
+            }
+            if comm.size() > 1 {
+                // Shares padded to equal length; in rank order they are the matrices in order.
+                let share = set.count.div_ceil(comm.size()) * size;
+                let mut values =
+                    backend.read(update.slice(mine.start * size, mine.len() * size))?;
+                values.resize(share, 0.0);
+                let mut all = vec![0.0; share * comm.size()];
+                comm.all_gather(&values, &mut all)?;
+                all.truncate(set.len());
+                backend.write(update, &all)?;
+            }
             // Tall matrices get larger steps, so that the update's RMS stays comparable.
             let shape_scale = (rows as f32 / cols as f32).max(1.0).sqrt();
             let param = self.param.slice(set.offset, set.len());

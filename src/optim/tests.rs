@@ -697,3 +697,44 @@ fn shards_split_the_buffer_into_equal_consecutive_chunks() {
     assert_eq!(super::intersect(&(4..9), &(0..3)), 4..4);
     assert_eq!(super::intersect(&(4..9), &(6..12)), 6..9);
 }
+
+#[test]
+fn every_rule_steps_alike_on_three_ranks_and_on_one() {
+    // Same weights and gradients everywhere: the ranks' sharded steps (ZeRO-1 for the
+    // element-wise rules, shared-out Newton–Schulz for Muon) followed by the exchange of
+    // parameter shares give the one-rank step's parameters bit for bit.
+    let config = tiny_speedrun();
+    for optim_config in every_rule() {
+        let name = optim_config.matrix.describe();
+        let run = |rank: usize, comm: &dyn crate::dist::Comm| {
+            let mut b = CpuBackend::<f32>::new();
+            let model = Gpt::new(&mut b, &config, 1, 4).unwrap();
+            let ranks = comm.size();
+            let mut optimizer =
+                Optimizer::sharded(&mut b, &model, &optim_config, rank, ranks).unwrap();
+            b.write(model.param_buffer, &random(model.num_params(), 3))
+                .unwrap();
+            optimizer.start(&mut b).unwrap();
+            for step in 0..3 {
+                let grads = random(model.num_params(), 20 + step as u64);
+                b.write(model.grad_buffer, &grads).unwrap();
+                optimizer.step_on(&mut b, step, 0.5, comm).unwrap();
+                if ranks > 1 {
+                    super::exchange_params(&mut b, model.param_buffer, comm).unwrap();
+                }
+            }
+            b.read(model.param_buffer).unwrap()
+        };
+        let one = run(0, &crate::dist::SingleRank);
+        let comms = crate::dist::ThreadComm::group(3);
+        let ranks: Vec<Vec<f32>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (comms.iter().enumerate())
+                .map(|(r, c)| s.spawn(move || run(r, c)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (r, params) in ranks.iter().enumerate() {
+            assert!(params == &one, "{name}: rank {r} differs from one rank");
+        }
+    }
+}

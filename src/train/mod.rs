@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::data::{TrainLoader, ValData};
 use crate::dist::{Comm, RankFailed, SingleRank, ThreadComm};
 use crate::model::{Gpt, ModelConfig, Pass};
-use crate::optim::{OptimConfig, Optimizer, shard_of};
+use crate::optim::{OptimConfig, Optimizer, exchange_params};
 use crate::progress::Progress;
 use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
@@ -284,20 +284,6 @@ fn save_checkpoint(
     Ok(path)
 }
 
-/// After a sharded optimizer step every rank has updated its share of the parameters (and the
-/// matrices every rank updates alike): each takes the others' shares.
-fn exchange_params(backend: &mut dyn Backend, model: &Gpt, comm: &dyn Comm) -> Result<()> {
-    let len = model.param_buffer.len;
-    let chunk = len.div_ceil(comm.size());
-    let mine = shard_of(len, comm.rank(), comm.size());
-    let mut values = backend.read(model.param_buffer.slice(mine.start, mine.len()))?;
-    values.resize(chunk, 0.0);
-    let mut all = vec![0.0; chunk * comm.size()];
-    comm.all_gather(&values, &mut all)?;
-    all.truncate(len);
-    backend.write(model.param_buffer, &all)
-}
-
 /// Trains as `config` says and returns the run's record (also appended to the log if asked).
 pub fn train(
     backend: &mut dyn Backend,
@@ -515,9 +501,9 @@ fn train_rank(
             }
         }
         let lr_scale = config.schedule.lr_scale(step, config.max_steps);
-        optimizer.step(backend, step, lr_scale)?;
+        optimizer.step_on(backend, step, lr_scale, comm)?;
         if comm.size() > 1 {
-            exchange_params(backend, &model, comm)?;
+            exchange_params(backend, model.param_buffer, comm)?;
         }
         backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
