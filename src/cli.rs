@@ -17,14 +17,16 @@ use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
+use crate::dist::tcp::{NodeSpec, TcpComm};
 use crate::grok::GrokConfig;
 use crate::memory::MemoryReport;
 use crate::model::{Arch, Decoder, Gpt, ModelConfig, ModelOverrides, ModelSize, sample_token};
 use crate::optim::{NsCoefficients, OptimConfig, OptimizerKind, UpdateRule};
+use crate::records::GIT_COMMIT;
 use crate::records::{self, Record};
 use crate::study::{self, StudyFile, Trial};
 use crate::train::checkpoint::Checkpoint;
-use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train_ranks};
+use crate::train::{RunOptions, STOP_REQUESTED, Schedule, TrainConfig, train_on, train_ranks};
 use crate::{landscape, plot, progress};
 
 #[derive(Parser, Debug)]
@@ -162,6 +164,23 @@ struct TrainArgs {
     /// order of floating-point sums.
     #[arg(long, default_value_t = 1, help_heading = "Run")]
     ranks: usize,
+    /// Processes, on one machine or several, that train one model together, one rank each
+    /// (on the CPU), meeting at --rendezvous; start every node with the same binary and flags
+    /// but --node-rank [default: $WORLD_SIZE (torchrun) or $SLURM_NTASKS (srun), else 1].
+    #[arg(long, help_heading = "Run")]
+    nodes: Option<usize>,
+    /// This process's place among --nodes, from 0; node 0 validates, checkpoints and writes
+    /// the record [default: $RANK or $SLURM_PROCID].
+    #[arg(long, help_heading = "Run")]
+    node_rank: Option<usize>,
+    /// HOST:PORT where node 0 listens and the other nodes connect [default:
+    /// $MASTER_ADDR:$MASTER_PORT, port 29500 if unset].
+    #[arg(long, help_heading = "Run")]
+    rendezvous: Option<String>,
+    /// Seconds the nodes may take to meet before the run ends with an error naming the
+    /// missing ones.
+    #[arg(long, default_value_t = 300, help_heading = "Run")]
+    rendezvous_timeout: u64,
     /// Random seed of the initial weights.
     #[arg(long, default_value_t = 0, help_heading = "Run")]
     seed: u64,
@@ -944,10 +963,37 @@ impl TrainArgs {
         Ok(config)
     }
 
-    /// Trains `config` on this device with these ranks.
-    fn train(&self, config: &TrainConfig, options: &RunOptions) -> Result<Record> {
+    /// Where this process stands in a multi-node run, if it is one.
+    fn node_spec(&self) -> Result<Option<NodeSpec>> {
+        NodeSpec::resolve(
+            self.nodes,
+            self.node_rank,
+            self.rendezvous.clone(),
+            std::time::Duration::from_secs(self.rendezvous_timeout),
+            |name| std::env::var(name).ok(),
+        )
+    }
+
+    /// Trains `config` on this device with these ranks, or as one of several nodes; returns
+    /// the record (None on nodes other than 0).
+    fn train(&self, config: &TrainConfig, options: &RunOptions) -> Result<Option<Record>> {
         let device = self.device;
-        train_ranks(config, options, self.ranks, &move || new_backend(device))
+        let Some(spec) = self.node_spec()? else {
+            return train_ranks(config, options, self.ranks, &move || new_backend(device))
+                .map(Some);
+        };
+        ensure!(
+            self.ranks == 1,
+            "with --nodes every node is one rank: leave out --ranks"
+        );
+        info!(
+            "node {} of {}: meeting the others at {}",
+            spec.node_rank, spec.nodes, spec.rendezvous
+        );
+        // Nodes must run the same build with the same settings.
+        let run = format!("{GIT_COMMIT} {}", serde_json::to_string(config)?);
+        let comm = TcpComm::rendezvous(&spec, &run)?;
+        train_on(new_backend(device)?.as_mut(), config, options, &comm)
     }
 
     fn run(&self) -> Result<()> {
@@ -963,7 +1009,10 @@ impl TrainArgs {
             trial: None,
         };
         stop_on_ctrl_c("stopping after this step to save a checkpoint")?;
-        let record = self.train(&config, &options)?;
+        let Some(record) = self.train(&config, &options)? else {
+            info!("done; node 0 writes the record");
+            return Ok(());
+        };
         info!(
             "done: {} steps, {} tokens, final val loss {:.4}, {:.1} s of training, {:.0} tokens/s{}",
             record.steps,
@@ -1526,6 +1575,13 @@ fn study_run(args: &StudyRunArgs) -> Result<()> {
             record_divergence: true,
             trial: Some(trial.tag.clone()),
         };
+        ensure!(
+            flags.node_spec()?.is_none(),
+            "study {}, trial {}: studies run on one node (unset --nodes, $WORLD_SIZE and \
+             $SLURM_NTASKS)",
+            study.name,
+            trial.label()
+        );
         let record = flags.train(config, &options).map_err(|e| {
             if STOP_REQUESTED.load(Ordering::Relaxed) {
                 anyhow!(
@@ -1548,6 +1604,7 @@ fn study_run(args: &StudyRunArgs) -> Result<()> {
                 }
             }
         }
+        let record = record.context("a one-node run returns its record")?;
         let outcome = match (record.diverged_at, record.time_to_target) {
             (Some(step), _) => format!("diverged at step {step}"),
             (None, Some(t)) => format!("target reached in {t:.1} s ({} steps)", record.steps),

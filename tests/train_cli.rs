@@ -501,6 +501,66 @@ fn data_parallel_muon_run_matches_one_rank() {
 }
 
 #[test]
+fn two_processes_meeting_over_tcp_train_as_two_threads_do() {
+    let ws = Workspace::new();
+    let flags = |extra: &[&'static str]| {
+        let mut args = Vec::new();
+        args.extend([
+            "--optimizer",
+            "adamw",
+            "--optimizer-all",
+            "--micro-batch",
+            "4",
+        ]);
+        args.extend([
+            "--batch-tokens",
+            "1024",
+            "--max-steps",
+            "12",
+            "--val-every",
+            "4",
+        ]);
+        args.extend(["--checkpoint-every", "0"]);
+        args.extend(extra);
+        args
+    };
+    ws.train(&flags(&["--ranks", "2", "--records", "threads.jsonl"]));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let rendezvous = format!("127.0.0.1:{port}");
+    let nodes: Vec<_> = ["1", "0"]
+        .into_iter()
+        .map(|rank| {
+            let mut args = TINY.to_vec();
+            args.extend(flags(&["--nodes", "2", "--records", "nodes.jsonl"]));
+            args.extend(["--node-rank", rank, "--rendezvous", &rendezvous]);
+            Command::new(env!("CARGO_BIN_EXE_speedrun"))
+                .args(&args)
+                .current_dir(ws.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for node in nodes {
+        let out = node.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Node 0 alone writes the record; sums in rank order make it the two threads' bit for bit.
+    let (threads, nodes) = (&ws.records("threads.jsonl")[0], &ws.records("nodes.jsonl"));
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(val_losses(threads), val_losses(&nodes[0]));
+}
+
+#[test]
 fn ranks_must_share_the_micro_batches_equally() {
     let ws = Workspace::new();
     let mut args = TINY.to_vec();

@@ -307,12 +307,6 @@ pub fn train_ranks(
     if ranks == 1 {
         return train(new_backend()?.as_mut(), config, options);
     }
-    ensure!(
-        config.grad_accum.is_multiple_of(ranks),
-        "{ranks} ranks cannot share the {} micro-batches of a step equally: make --batch-tokens \
-         a multiple of --micro-batch × --seq-len × --ranks",
-        config.grad_accum
-    );
     let comms = ThreadComm::group(ranks);
     let results: Vec<Result<Option<Record>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (comms.iter())
@@ -353,6 +347,22 @@ pub fn train_ranks(
     record.context("rank 0 returned no record")
 }
 
+/// Trains as `config` says as one rank of `comm`, whose other ranks make the same call in
+/// their own processes; returns the record on rank 0 (None on the others). A rank that fails
+/// aborts `comm`, so that the others end too.
+pub fn train_on(
+    backend: &mut dyn Backend,
+    config: &TrainConfig,
+    options: &RunOptions,
+    comm: &dyn Comm,
+) -> Result<Option<Record>> {
+    let result = train_rank(backend, config, options, comm);
+    if result.is_err() {
+        comm.abort();
+    }
+    result
+}
+
 /// One rank's share of the run; rank 0 alone logs, validates, checkpoints and returns the
 /// record (the others return None).
 fn train_rank(
@@ -363,6 +373,13 @@ fn train_rank(
 ) -> Result<Option<Record>> {
     let lead = comm.is_lead();
     config.validate()?;
+    let ranks = comm.size();
+    ensure!(
+        config.grad_accum.is_multiple_of(ranks),
+        "{ranks} ranks cannot share the {} micro-batches of a step equally: make --batch-tokens \
+         a multiple of --micro-batch × --seq-len × the number of ranks",
+        config.grad_accum
+    );
     let m = &config.model;
     let model = Gpt::new(backend, m, config.micro_batch, config.seq_len)?;
     let mut optimizer =

@@ -1,34 +1,83 @@
 //! Communication between the ranks of a data-parallel run: the collectives training needs
 //! (all-reduce, reduce-scatter, all-gather, broadcast) behind one interface. [`ThreadComm`]
-//! implements it for ranks that are threads of one process (`--device cpu --ranks N`); NCCL
+//! implements it for ranks that are threads of one process (`--device cpu --ranks N`),
+//! [`tcp::TcpComm`] for ranks that are processes, on one machine or several (`--nodes N`); NCCL
 //! will implement it for GPUs.
 //!
 //! Sums add the ranks' values in rank order on every rank, so every rank gets bit-identical
 //! results and replicas never drift apart.
 
+pub mod tcp;
+
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, ensure};
 
-/// The collectives over host f32 buffers, called by every rank in the same order.
+/// The collectives over host f32 buffers, called by every rank in the same order. Each is
+/// built here on [`Comm::exchange`]; a transport with collectives of its own (NCCL) overrides
+/// them.
 pub trait Comm: Sync {
     /// This rank, from 0.
     fn rank(&self) -> usize;
     /// The number of ranks.
     fn size(&self) -> usize;
+    /// Every rank contributes `data` (of any length) and `read` sees every rank's, in rank
+    /// order, on every rank.
+    fn exchange(&self, data: &[f32], read: &mut dyn FnMut(&[Vec<f32>])) -> Result<()>;
+    /// Ends the run on every rank: their pending and later collectives fail at once. Called
+    /// by a rank that fails, so that the others do not wait for it forever.
+    fn abort(&self);
+
     /// Every rank's `data` becomes the element-wise sum over ranks.
-    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()>;
+    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()> {
+        let mut sum = vec![0.0; data.len()];
+        self.exchange(data, &mut |slots| sum_in_rank_order(slots, 0, &mut sum))?;
+        data.copy_from_slice(&sum);
+        Ok(())
+    }
+
     /// `out` (`data.len() / size` values) becomes chunk `rank` of the element-wise sum over
     /// ranks of `data`.
-    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()>;
+    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()> {
+        ensure!(
+            data.len() == out.len() * self.size(),
+            "reduce-scatter of {} values into {} chunks of {}",
+            data.len(),
+            self.size(),
+            out.len()
+        );
+        let start = self.rank() * out.len();
+        self.exchange(data, &mut |slots| sum_in_rank_order(slots, start, out))
+    }
+
     /// `out` (`size · chunk.len()` values) becomes every rank's `chunk`, in rank order.
-    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()>;
+    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
+        ensure!(
+            out.len() == chunk.len() * self.size(),
+            "all-gather of {} chunks of {} into {} values",
+            self.size(),
+            chunk.len(),
+            out.len()
+        );
+        self.exchange(chunk, &mut |slots| {
+            for (dst, slot) in out.chunks_mut(chunk.len().max(1)).zip(slots) {
+                dst.copy_from_slice(slot);
+            }
+        })
+    }
+
     /// Every rank's `data` becomes rank `root`'s.
-    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<()>;
-    /// Ends the run on every rank: their pending and later collectives fail at once with
-    /// [`RankFailed`]. Called by a rank that fails, so that the others do not wait for it
-    /// forever.
-    fn abort(&self);
+    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<()> {
+        ensure!(
+            root < self.size(),
+            "broadcast from rank {root} of {}",
+            self.size()
+        );
+        let mut copy = Vec::new();
+        self.exchange(data, &mut |slots| copy.clone_from(&slots[root]))?;
+        data.copy_from_slice(&copy);
+        Ok(())
+    }
 
     /// Rank `root`'s `value` on every rank, bit for bit (the decisions all ranks must agree on:
     /// a validation loss against the target, a stop request).
@@ -73,18 +122,8 @@ impl Comm for SingleRank {
     fn size(&self) -> usize {
         1
     }
-    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<()> {
-        Ok(())
-    }
-    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()> {
-        out.copy_from_slice(data);
-        Ok(())
-    }
-    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
-        out.copy_from_slice(chunk);
-        Ok(())
-    }
-    fn broadcast(&self, _: &mut [f32], _: usize) -> Result<()> {
+    fn exchange(&self, data: &[f32], read: &mut dyn FnMut(&[Vec<f32>])) -> Result<()> {
+        read(&[data.to_vec()]);
         Ok(())
     }
     fn abort(&self) {}
@@ -157,22 +196,9 @@ impl ThreadComm {
         check(state.aborted)?;
         Ok(state)
     }
-
-    /// Puts `data` in this rank's slot, waits for all, calls `read` with every slot, and waits
-    /// again so that no rank overwrites a slot another is still reading.
-    fn exchange(&self, data: &[f32], read: impl FnOnce(&[Vec<f32>])) -> Result<()> {
-        let mut state = self.lock();
-        check(state.aborted)?;
-        state.slots[self.rank].clear();
-        state.slots[self.rank].extend_from_slice(data);
-        let state = self.barrier(state)?;
-        read(&state.slots);
-        drop(self.barrier(state)?);
-        Ok(())
-    }
 }
 
-/// The element-wise sum of `slots[..][range]`, in rank order, into `out`.
+/// The element-wise sum of `slots[..][start..start + out.len()]`, in rank order, into `out`.
 fn sum_in_rank_order(slots: &[Vec<f32>], start: usize, out: &mut [f32]) {
     out.copy_from_slice(&slots[0][start..start + out.len()]);
     for slot in &slots[1..] {
@@ -191,54 +217,16 @@ impl Comm for ThreadComm {
         self.shared.size
     }
 
-    fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()> {
-        let mut sum = vec![0.0; data.len()];
-        self.exchange(data, |slots| {
-            sum_in_rank_order(slots, 0, &mut sum);
-        })?;
-        data.copy_from_slice(&sum);
-        Ok(())
-    }
-
-    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()> {
-        let size = self.size();
-        anyhow::ensure!(
-            data.len() == out.len() * size,
-            "reduce-scatter of {} values into {size} chunks of {}",
-            data.len(),
-            out.len()
-        );
-        self.exchange(data, |slots| {
-            sum_in_rank_order(slots, self.rank * out.len(), out);
-        })
-    }
-
-    fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
-        anyhow::ensure!(
-            out.len() == chunk.len() * self.size(),
-            "all-gather of {} chunks of {} into {} values",
-            self.size(),
-            chunk.len(),
-            out.len()
-        );
-        if chunk.is_empty() {
-            // Nothing to move, but every rank still takes part.
-            return self.exchange(chunk, |_| {});
-        }
-        self.exchange(chunk, |slots| {
-            for (dst, slot) in out.chunks_mut(chunk.len()).zip(slots) {
-                dst.copy_from_slice(slot);
-            }
-        })
-    }
-
-    fn broadcast(&self, data: &mut [f32], root: usize) -> Result<()> {
-        if root >= self.size() {
-            bail!("broadcast from rank {root} of {}", self.size());
-        }
-        let mut copy = Vec::new();
-        self.exchange(data, |slots| copy = slots[root].clone())?;
-        data.copy_from_slice(&copy);
+    /// Puts `data` in this rank's slot, waits for all, calls `read` with every slot, and waits
+    /// again so that no rank overwrites a slot another is still reading.
+    fn exchange(&self, data: &[f32], read: &mut dyn FnMut(&[Vec<f32>])) -> Result<()> {
+        let mut state = self.lock();
+        check(state.aborted)?;
+        state.slots[self.rank].clear();
+        state.slots[self.rank].extend_from_slice(data);
+        let state = self.barrier(state)?;
+        read(&state.slots);
+        drop(self.barrier(state)?);
         Ok(())
     }
 
