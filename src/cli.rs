@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::Gpu;
 use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
@@ -97,6 +98,8 @@ enum Device {
     Auto,
     /// The CPU reference backend (f32, all cores).
     Cpu,
+    /// An NVIDIA GPU. The CUDA backend is not built yet, so this fails, saying why.
+    Cuda,
 }
 
 #[derive(Args, Debug)]
@@ -935,6 +938,15 @@ fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backen
     set_threads(threads)?;
     Ok(match device {
         Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
+        Device::Cuda => {
+            // Opening the GPU first gives the precise reason where there is none.
+            let gpu = Gpu::open(0)?;
+            bail!(
+                "found {} ({}), but the CUDA training backend is not built yet",
+                gpu.name,
+                gpu.arch
+            )
+        }
     })
 }
 
