@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::Gpu;
+use crate::backend::cuda::{Gpu, kernels};
 use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
@@ -73,6 +73,18 @@ enum Command {
     /// milliseconds (medians), tokens per second, achieved GFLOP/s and the backend's f32
     /// matrix-product peak.
     Bench(BenchArgs),
+    /// Compile every CUDA kernel of kernels/ with NVRTC for the given architectures, without a
+    /// GPU: one line per file with its register use and spills; fails if any file does not
+    /// compile. Needs libnvrtc.so.13 (CUDA 13 toolkit or the nvidia-cuda-nvrtc pip wheel).
+    Kernels(KernelsArgs),
+}
+
+#[derive(Args, Debug)]
+struct KernelsArgs {
+    /// An architecture to compile for, like sm_80 or sm_90a (repeatable) [default: sm_90a and
+    /// sm_80].
+    #[arg(long = "arch")]
+    archs: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -950,6 +962,18 @@ fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backen
     })
 }
 
+fn compile_kernels(args: &KernelsArgs) -> Result<()> {
+    let archs = if args.archs.is_empty() {
+        kernels::REQUIRED_ARCHS
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        args.archs.clone()
+    };
+    kernels::compile_all(&archs)
+}
+
 fn prepare_shards(args: &PrepareArgs) -> Result<()> {
     set_threads(args.threads)?;
     let options = prepare::PrepareOptions {
@@ -1337,6 +1361,7 @@ pub fn run() -> Result<()> {
         Some(Command::Landscape(args)) => landscape(&args),
         Some(Command::Grok(args)) => grok(&args),
         Some(Command::Bench(args)) => bench(&args),
+        Some(Command::Kernels(args)) => compile_kernels(&args),
         Some(Command::Memory(args)) => {
             let config = args.config()?;
             let report = MemoryReport::new(

@@ -1,10 +1,77 @@
-//! The CUDA paths that need no GPU: `--device cuda` failing with one sentence where there is
-//! no driver.
+//! The CUDA paths that need no GPU: compiling every kernel with NVRTC, compiler errors, and
+//! `--device cuda` failing with one sentence where there is no driver.
 
 mod common;
 
-use common::fail;
-use speedrun::backend::cuda::driver_present;
+use common::{fail, succeed};
+use speedrun::backend::cuda::{driver_present, kernels, nvrtc};
+
+/// Whether NVRTC can be loaded; without it a test is skipped (saying so), unless
+/// SPEEDRUN_REQUIRE_NVRTC=1, as CI sets, makes that a failure.
+fn nvrtc_available(test: &str) -> bool {
+    match nvrtc::load() {
+        Ok(_) => true,
+        Err(error) => {
+            assert!(
+                std::env::var("SPEEDRUN_REQUIRE_NVRTC").as_deref() != Ok("1"),
+                "SPEEDRUN_REQUIRE_NVRTC=1, but {error}"
+            );
+            eprintln!("skipped {test}: {error}");
+            false
+        }
+    }
+}
+
+#[test]
+fn every_kernel_compiles_for_hopper_and_ampere() {
+    if !nvrtc_available("every_kernel_compiles_for_hopper_and_ampere") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (stdout, _) = succeed(
+        dir.path(),
+        &["kernels", "--arch", "sm_90a", "--arch", "sm_80"],
+    );
+    for arch in ["sm_90a", "sm_80"] {
+        for source in kernels::SOURCES {
+            assert!(
+                stdout.lines().any(|line| line.starts_with(arch)
+                    && line.contains(source.file)
+                    && line.contains(" kernels, at most ")),
+                "no line for {} on {arch}:\n{stdout}",
+                source.file
+            );
+        }
+    }
+}
+
+#[test]
+fn a_compile_error_names_the_file_line_and_message() {
+    if !nvrtc_available("a_compile_error_names_the_file_line_and_message") {
+        return;
+    }
+    let source = kernels::Source {
+        file: "broken.cu",
+        text: "extern \"C\" __global__ void k(float* x) {\n    x[0] = undefined_name;\n}\n",
+    };
+    let error = kernels::compile(&source, "sm_80")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("broken.cu does not compile for sm_80"),
+        "{error}"
+    );
+    assert!(error.contains("broken.cu(2)"), "{error}");
+    assert!(error.contains("undefined_name"), "{error}");
+}
+
+#[test]
+fn an_unknown_architecture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = fail(dir.path(), &["kernels", "--arch", "compute_90a"]);
+    assert!(stderr.contains("not a GPU architecture"), "{stderr}");
+}
 
 #[test]
 fn device_cuda_without_a_driver_fails_with_one_sentence() {

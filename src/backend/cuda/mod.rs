@@ -1,4 +1,4 @@
-//! The CUDA side: opening a GPU.
+//! The CUDA side: opening a GPU, and compiling the kernels of kernels/ with NVRTC.
 //!
 //! There is no CUDA training backend yet (no [`crate::backend::Backend`] implementation):
 //! what exists is the foundation it will stand on. Everything CUDA is loaded at run time
@@ -6,7 +6,10 @@
 //! CUDA at all; cudarc panics when a library it needs is missing, so every entry point here asks
 //! whether the library is present first and returns an error instead.
 //!
-//! None of this has run on a GPU yet.
+//! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`), nothing more.
+
+pub mod kernels;
+pub mod nvrtc;
 
 use std::sync::Arc;
 
