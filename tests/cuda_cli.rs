@@ -4,7 +4,9 @@
 mod common;
 
 use common::{fail, succeed};
-use speedrun::backend::cuda::{driver_present, kernels, nvrtc};
+use std::collections::BTreeSet;
+
+use speedrun::backend::cuda::{driver_present, kernels, launch, nvrtc};
 
 /// Whether NVRTC can be loaded; without it a test is skipped (saying so), unless
 /// SPEEDRUN_REQUIRE_NVRTC=1, as CI sets, makes that a failure.
@@ -43,6 +45,32 @@ fn every_kernel_compiles_for_hopper_and_ampere() {
             );
         }
     }
+}
+
+/// A kernel renamed on one side only would fail only on a GPU; here it fails at compile time.
+#[test]
+fn the_launchers_call_exactly_the_kernels_the_files_define() {
+    if !nvrtc_available("the_launchers_call_exactly_the_kernels_the_files_define") {
+        return;
+    }
+    let mut defined = BTreeSet::new();
+    for source in kernels::SOURCES {
+        let compiled = kernels::compile(source, "sm_80").unwrap();
+        for usage in kernels::ptxas_usage(&compiled.log) {
+            defined.insert((source.file, usage.function));
+        }
+    }
+    let mut called = BTreeSet::new();
+    for kernel in launch::KERNELS {
+        if kernel.typed {
+            for suffix in ["f32", "bf16"] {
+                called.insert((kernel.file, format!("{}_{suffix}", kernel.name)));
+            }
+        } else {
+            called.insert((kernel.file, kernel.name.to_string()));
+        }
+    }
+    assert_eq!(called, defined);
 }
 
 #[test]

@@ -28,7 +28,14 @@ macro_rules! kernel_sources {
 }
 
 /// Every kernel file; a test checks that the list and the directory agree.
-pub const SOURCES: &[Source] = kernel_sources!["activation.cu",];
+pub const SOURCES: &[Source] = kernel_sources![
+    "activation.cu",
+    "embedding.cu",
+    "loss.cu",
+    "norm.cu",
+    "optim.cu",
+    "reduce.cu",
+];
 
 const PRELUDE: &str = include_str!("../../../kernels/prelude.cuh");
 

@@ -1,4 +1,5 @@
-//! The CUDA side: opening a GPU, and compiling the kernels of kernels/ with NVRTC.
+//! The CUDA side: opening a GPU, compiling the kernels of kernels/ with NVRTC, and launching
+//! them.
 //!
 //! There is no CUDA training backend yet (no [`crate::backend::Backend`] implementation):
 //! what exists is the foundation it will stand on. Everything CUDA is loaded at run time
@@ -9,6 +10,7 @@
 //! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`), nothing more.
 
 pub mod kernels;
+pub mod launch;
 pub mod nvrtc;
 
 use std::sync::Arc;
