@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
-use crate::backend::cuda::{Gpu, kernels};
+use crate::backend::cuda::{self, Gpu, kernels};
 use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
@@ -77,6 +77,10 @@ enum Command {
     /// GPU: one line per file with its register use and spills; fails if any file does not
     /// compile. Needs libnvrtc.so.13 (CUDA 13 toolkit or the nvidia-cuda-nvrtc pip wheel).
     Kernels(KernelsArgs),
+    /// Run every CUDA kernel on random inputs and compare it with the CPU reference on the same
+    /// inputs: a table of ‖gpu−cpu‖/‖cpu‖ per tensor (tolerance 1e-2 for bf16 tensors, 1e-4 for
+    /// f32 ones); fails if any is out of tolerance. Not yet run on a GPU.
+    Check(CheckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +89,16 @@ struct KernelsArgs {
     /// sm_80].
     #[arg(long = "arch")]
     archs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The device to check against the CPU reference: only cuda.
+    #[arg(long, value_enum, default_value_t = Device::Cuda)]
+    device: Device,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,7 +124,8 @@ enum Device {
     Auto,
     /// The CPU reference backend (f32, all cores).
     Cpu,
-    /// An NVIDIA GPU. The CUDA backend is not built yet, so this fails, saying why.
+    /// An NVIDIA GPU. The CUDA backend is not built yet, so this fails, saying why; `speedrun
+    /// check --device cuda` checks the kernels that exist.
     Cuda,
 }
 
@@ -954,7 +969,8 @@ fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backen
             // Opening the GPU first gives the precise reason where there is none.
             let gpu = Gpu::open(0)?;
             bail!(
-                "found {} ({}), but the CUDA training backend is not built yet",
+                "found {} ({}), but the CUDA training backend is not built yet; \
+                 `speedrun check --device cuda` runs the kernels that exist",
                 gpu.name,
                 gpu.arch
             )
@@ -972,6 +988,14 @@ fn compile_kernels(args: &KernelsArgs) -> Result<()> {
         args.archs.clone()
     };
     kernels::compile_all(&archs)
+}
+
+fn check_device(args: &CheckArgs) -> Result<()> {
+    ensure!(
+        args.device == Device::Cuda,
+        "check compares the CUDA kernels with the CPU reference: use --device cuda"
+    );
+    cuda::check::run(0, args.seed)
 }
 
 fn prepare_shards(args: &PrepareArgs) -> Result<()> {
@@ -1362,6 +1386,7 @@ pub fn run() -> Result<()> {
         Some(Command::Grok(args)) => grok(&args),
         Some(Command::Bench(args)) => bench(&args),
         Some(Command::Kernels(args)) => compile_kernels(&args),
+        Some(Command::Check(args)) => check_device(&args),
         Some(Command::Memory(args)) => {
             let config = args.config()?;
             let report = MemoryReport::new(

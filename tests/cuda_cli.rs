@@ -111,6 +111,8 @@ fn device_cuda_without_a_driver_fails_with_one_sentence() {
     for args in [
         &["train", "--device", "cuda"][..],
         &["bench", "--device", "cuda"],
+        &["check", "--device", "cuda"],
+        &["check"],
     ] {
         let stderr = fail(dir.path(), args);
         assert!(
@@ -120,4 +122,11 @@ fn device_cuda_without_a_driver_fails_with_one_sentence() {
             "{args:?}:\n{stderr}"
         );
     }
+}
+
+#[test]
+fn check_refuses_devices_other_than_cuda() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = fail(dir.path(), &["check", "--device", "cpu"]);
+    assert!(stderr.contains("use --device cuda"), "{stderr}");
 }

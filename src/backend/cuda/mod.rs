@@ -1,5 +1,5 @@
-//! The CUDA side: opening a GPU, compiling the kernels of kernels/ with NVRTC, and launching
-//! them.
+//! The CUDA side: opening a GPU, compiling the kernels of kernels/ with NVRTC, launching them,
+//! and checking them against the CPU reference.
 //!
 //! There is no CUDA training backend yet (no [`crate::backend::Backend`] implementation):
 //! what exists is the foundation it will stand on. Everything CUDA is loaded at run time
@@ -7,8 +7,10 @@
 //! CUDA at all; cudarc panics when a library it needs is missing, so every entry point here asks
 //! whether the library is present first and returns an error instead.
 //!
-//! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`), nothing more.
+//! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`), but
+//! `speedrun check --device cuda` has not been run on hardware.
 
+pub mod check;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc;
