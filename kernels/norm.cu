@@ -1,8 +1,9 @@
-// LayerNorm and RMSNorm, forward and backward; CPU twin: src/backend/cpu/norm.rs.
+// LayerNorm, RMSNorm and QK-norm, forward and backward; CPU twin: src/backend/cpu/norm.rs.
 //
 // Activations are (rows, C) row-major, stored as T (float or bf16); weights, biases, their
-// gradients and the saved per-row statistics are float. Forward passes give each row to one
-// warp (8 rows per 256-thread block). The LayerNorm backward gives each block BLOCK_ROWS
+// gradients and the saved per-row statistics are float. The LayerNorm and RMSNorm forward
+// passes and the RMSNorm backward give each row to one warp (8 rows per 256-thread block),
+// QK-norm each head of a row. The LayerNorm backward gives each block BLOCK_ROWS
 // consecutive rows and writes its partial weight and bias gradients to a scratch buffer that a
 // second kernel adds up in block order, so the result does not depend on scheduling.
 
@@ -137,6 +138,61 @@ __device__ void rmsnorm_backward(T* dinp, const T* dout, const T* inp, const flo
     }
 }
 
+// QK-norm: each q head and each k head of qkv (rows, 3·C) RMS-normalised without weights
+// (eps 1e-6), v copied; rstd (rows, 2·heads) keeps 1/rms of each q and k head. One warp per head
+// of a row, 3·heads warps per row, the last heads of which copy v.
+template <typename T>
+__device__ void qk_norm_forward(T* out, float* rstd, const T* qkv, int rows, int heads, int C) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const i64 warp = blockIdx.x * (i64)(blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (warp >= (i64)rows * 3 * heads) return;
+    const int head_dim = C / heads;
+    const i64 row = warp / (3 * heads);
+    const int head = (int)(warp % (3 * heads));
+    const i64 offset = row * 3 * C + (i64)head * head_dim;
+    const T* x = qkv + offset;
+    T* y = out + offset;
+    if (head >= 2 * heads) {
+        for (int i = lane; i < head_dim; i += WARP_SIZE) y[i] = x[i];
+        return;
+    }
+    float sq = 0.0f;
+    for (int i = lane; i < head_dim; i += WARP_SIZE) {
+        const float v = to_float(x[i]);
+        sq += v * v;
+    }
+    const float r = rsqrtf(warp_sum(sq) / head_dim + RMSNORM_EPS);
+    for (int i = lane; i < head_dim; i += WARP_SIZE) y[i] = from_float<T>(to_float(x[i]) * r);
+    if (lane == 0) rstd[row * 2 * heads + head] = r;
+}
+
+// dqkv = the input gradient, overwritten: rstd·(dy − y·mean(dy·y)) per q and k head, dout's v.
+template <typename T>
+__device__ void qk_norm_backward(T* dqkv, const T* dout, const T* qkv, const float* rstd,
+                                 int rows, int heads, int C) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const i64 warp = blockIdx.x * (i64)(blockDim.x / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (warp >= (i64)rows * 3 * heads) return;
+    const int head_dim = C / heads;
+    const i64 row = warp / (3 * heads);
+    const int head = (int)(warp % (3 * heads));
+    const i64 offset = row * 3 * C + (i64)head * head_dim;
+    const T* x = qkv + offset;
+    const T* dy = dout + offset;
+    T* dx = dqkv + offset;
+    if (head >= 2 * heads) {
+        for (int i = lane; i < head_dim; i += WARP_SIZE) dx[i] = dy[i];
+        return;
+    }
+    const float r = rstd[row * 2 * heads + head];
+    float dot = 0.0f;
+    for (int i = lane; i < head_dim; i += WARP_SIZE) dot += to_float(dy[i]) * to_float(x[i]) * r;
+    const float dy_dot_y = warp_sum(dot) / head_dim;
+    for (int i = lane; i < head_dim; i += WARP_SIZE) {
+        dx[i] = from_float<T>(r * (to_float(dy[i]) - to_float(x[i]) * r * dy_dot_y));
+    }
+}
+
 #define NORMS(T, S)                                                                              \
     extern "C" __global__ void layernorm_forward_##S(T* out, float* mean, float* rstd,           \
                                                      const T* inp, const float* weight,          \
@@ -155,6 +211,15 @@ __device__ void rmsnorm_backward(T* dinp, const T* dout, const T* inp, const flo
     extern "C" __global__ void rmsnorm_backward_##S(T* dinp, const T* dout, const T* inp,        \
                                                     const float* rstd, int rows, int C) {        \
         rmsnorm_backward<T>(dinp, dout, inp, rstd, rows, C);                                     \
+    }                                                                                            \
+    extern "C" __global__ void qk_norm_forward_##S(T* out, float* rstd, const T* qkv, int rows,  \
+                                                   int heads, int C) {                           \
+        qk_norm_forward<T>(out, rstd, qkv, rows, heads, C);                                      \
+    }                                                                                            \
+    extern "C" __global__ void qk_norm_backward_##S(T* dqkv, const T* dout, const T* qkv,        \
+                                                    const float* rstd, int rows, int heads,      \
+                                                    int C) {                                     \
+        qk_norm_backward<T>(dqkv, dout, qkv, rstd, rows, heads, C);                              \
     }
 
 NORMS(float, f32)

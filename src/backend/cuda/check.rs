@@ -6,8 +6,8 @@
 //! measures the kernel (and the rounding of its output), not the input rounding. Tolerances:
 //! 1e-2 for tensors stored in bf16, 1e-4 for f32 ones.
 //!
-//! Not yet run on a GPU. Not yet here: the matrix products, attention, rotary, QK-norm,
-//! Newton–Schulz, and the comparison of one whole training step.
+//! Not yet run on a GPU. Not yet here: the matrix products, attention, Newton–Schulz, and the
+//! comparison of one whole training step.
 
 use anyhow::{Result, bail};
 use cudarc::driver::CudaSlice;
@@ -20,7 +20,10 @@ use super::Gpu;
 use super::kernels::Cache;
 use super::launch::{Activation, Element, Kernels};
 use crate::backend::cpu::CpuBackend;
-use crate::backend::{Backend, BufferKind, ElementwiseRule, IGNORE_TARGET, Tensor, WeightDecay};
+use crate::backend::{
+    AttentionShape, Backend, BufferKind, ElementwiseRule, IGNORE_TARGET, Tensor, WeightDecay,
+};
+use crate::model::gpt::rope_table;
 
 pub const BF16_TOLERANCE: f64 = 1e-2;
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -30,6 +33,8 @@ pub const F32_TOLERANCE: f64 = 1e-4;
 const SEQ_LEN: usize = 64;
 const ROWS: usize = 4 * SEQ_LEN;
 const CHANNELS: usize = 200;
+/// Heads of 50: neither a multiple of the warp nor a power of two.
+const HEADS: usize = 4;
 const VOCAB: usize = 1000;
 const PADDED_VOCAB: usize = 1024;
 
@@ -119,6 +124,8 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     check.activations::<bf16>()?;
     check.norms::<f32>()?;
     check.norms::<bf16>()?;
+    check.attention_prep::<f32>()?;
+    check.attention_prep::<bf16>()?;
     check.embedding::<f32>()?;
     check.embedding::<bf16>()?;
     check.cross_entropy::<f32>()?;
@@ -320,6 +327,59 @@ impl Check<'_> {
         self.compare("rmsnorm_forward", "rstd", "f32", &gpu, crstd)?;
         let gpu = self.down(&dinp)?;
         self.compare("rmsnorm_backward", "dinp", T::NAME, &gpu, cdinp)?;
+        Ok(())
+    }
+
+    /// QK-norm and rotary embeddings, the steps between the qkv projection and attention.
+    fn attention_prep<T: Element>(&mut self) -> Result<()> {
+        let shape = AttentionShape {
+            batch: ROWS / SEQ_LEN,
+            seq_len: SEQ_LEN,
+            heads: HEADS,
+            channels: CHANNELS,
+        };
+        let (rows, c, heads, hd) = (ROWS, CHANNELS, HEADS, shape.head_dim());
+        let n = rows * 3 * c;
+        let qkv = self.random::<T>(n, 1.0);
+        let dout = self.random::<T>(n, 1.0);
+        let stream = self.kernels.stream().clone();
+        let (gqkv, gdout) = (self.up::<T>(&qkv)?, self.up::<T>(&dout)?);
+        let mut out = stream.alloc_zeros::<T>(n)?;
+        let mut rstd = stream.alloc_zeros::<f32>(rows * 2 * heads)?;
+        let mut dqkv = stream.alloc_zeros::<T>(n)?;
+        self.kernels
+            .qk_norm_forward(&mut out, &mut rstd, &gqkv, heads, c)?;
+        self.kernels
+            .qk_norm_backward(&mut dqkv, &gdout, &gqkv, &rstd, heads, c)?;
+        let (cqkv, cdout) = (self.tensor(&qkv)?, self.tensor(&dout)?);
+        let cout = self.tensor(&vec![0.0; n])?;
+        let crstd = self.tensor(&vec![0.0; rows * 2 * heads])?;
+        let cdqkv = self.tensor(&vec![0.0; n])?;
+        self.cpu.qk_norm_forward(cout, crstd, cqkv, heads, c)?;
+        self.cpu
+            .qk_norm_backward(cdqkv, cdout, cqkv, crstd, heads, c)?;
+        let gpu = self.down(&out)?;
+        self.compare("qk_norm_forward", "out", T::NAME, &gpu, cout)?;
+        let gpu = self.down(&rstd)?;
+        self.compare("qk_norm_forward", "rstd", "f32", &gpu, crstd)?;
+        let gpu = self.down(&dqkv)?;
+        self.compare("qk_norm_backward", "dqkv", T::NAME, &gpu, cdqkv)?;
+
+        let table = rope_table(hd, SEQ_LEN, 10_000.0);
+        let gtable = self.up::<f32>(&table)?;
+        let ctable = self.tensor(&table)?;
+        let mut rotated = self.up::<T>(&qkv)?;
+        self.kernels.rope(&mut rotated, &gtable, shape, false)?;
+        let mut drotated = self.up::<T>(&dout)?;
+        self.kernels.rope(&mut drotated, &gtable, shape, true)?;
+        let crotated = self.tensor(&qkv)?;
+        self.cpu.rope_forward(crotated, ctable, shape)?;
+        let cdrotated = self.tensor(&dout)?;
+        self.cpu.rope_backward(cdrotated, ctable, shape)?;
+        let gpu = self.down(&rotated)?;
+        self.compare("rope_forward", "qkv", T::NAME, &gpu, crotated)?;
+        let gpu = self.down(&drotated)?;
+        self.compare("rope_backward", "dqkv", T::NAME, &gpu, cdrotated)?;
         Ok(())
     }
 

@@ -35,6 +35,7 @@ pub const SOURCES: &[Source] = kernel_sources![
     "norm.cu",
     "optim.cu",
     "reduce.cu",
+    "rope.cu",
 ];
 
 const PRELUDE: &str = include_str!("../../../kernels/prelude.cuh");

@@ -16,7 +16,7 @@ use half::bf16;
 
 use super::Gpu;
 use super::kernels::{Cache, SOURCES};
-use crate::backend::{ElementwiseRule, IGNORE_TARGET, WeightDecay};
+use crate::backend::{AttentionShape, ElementwiseRule, IGNORE_TARGET, WeightDecay};
 
 /// How an activation is stored on the GPU: the kernels come in an `_f32` and a `_bf16` version.
 pub trait Element: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + Sync + 'static {
@@ -169,6 +169,9 @@ const LAYERNORM_BACKWARD: Kernel = typed("norm.cu", "layernorm_backward");
 const LAYERNORM_BACKWARD_REDUCE: Kernel = plain("norm.cu", "layernorm_backward_reduce");
 const RMSNORM_FORWARD: Kernel = typed("norm.cu", "rmsnorm_forward");
 const RMSNORM_BACKWARD: Kernel = typed("norm.cu", "rmsnorm_backward");
+const QK_NORM_FORWARD: Kernel = typed("norm.cu", "qk_norm_forward");
+const QK_NORM_BACKWARD: Kernel = typed("norm.cu", "qk_norm_backward");
+const ROPE: Kernel = typed("rope.cu", "rope");
 const EMBEDDING_FORWARD: Kernel = typed("embedding.cu", "embedding_forward");
 const EMBEDDING_BACKWARD_TABLE: Kernel = typed("embedding.cu", "embedding_backward_table");
 const EMBEDDING_BACKWARD_POSITIONS: Kernel = typed("embedding.cu", "embedding_backward_positions");
@@ -189,6 +192,9 @@ pub const KERNELS: &[Kernel] = &[
     LAYERNORM_BACKWARD_REDUCE,
     RMSNORM_FORWARD,
     RMSNORM_BACKWARD,
+    QK_NORM_FORWARD,
+    QK_NORM_BACKWARD,
+    ROPE,
     EMBEDDING_FORWARD,
     EMBEDDING_BACKWARD_TABLE,
     EMBEDDING_BACKWARD_POSITIONS,
@@ -453,6 +459,118 @@ impl Kernels {
             .arg(&c32);
         // SAFETY: matches rmsnorm_backward_T; sizes checked above.
         unsafe { launch.launch(warp_per_row(rows)) }?;
+        Ok(())
+    }
+
+    /// QK-norm: every q and k head of `qkv` (rows, 3·channels) RMS-normalised (eps 1e-6), v
+    /// copied; `rstd` (rows, 2·heads) saves 1/rms of each q and k head.
+    pub fn qk_norm_forward<T: Element>(
+        &self,
+        out: &mut CudaSlice<T>,
+        rstd: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<T>,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let rows = qk_norm_rows(qkv.len(), heads, channels)?;
+        expect_len("qk-norm output", out.len(), qkv.len())?;
+        expect_len("qk-norm rstd", rstd.len(), rows * 2 * heads)?;
+        let f = self.typed::<T>(QK_NORM_FORWARD)?;
+        let (rows32, heads32, c32) = (
+            int("rows", rows)?,
+            int("heads", heads)?,
+            int("channels", channels)?,
+        );
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(out)
+            .arg(rstd)
+            .arg(qkv)
+            .arg(&rows32)
+            .arg(&heads32)
+            .arg(&c32);
+        // SAFETY: matches qk_norm_forward_T; one warp per head of each row, sizes checked.
+        unsafe { launch.launch(warp_per_row(rows * 3 * heads)) }?;
+        Ok(())
+    }
+
+    /// Overwrites `dqkv` with the input gradient of [`Kernels::qk_norm_forward`] (the v part is
+    /// `dout`'s).
+    pub fn qk_norm_backward<T: Element>(
+        &self,
+        dqkv: &mut CudaSlice<T>,
+        dout: &CudaSlice<T>,
+        qkv: &CudaSlice<T>,
+        rstd: &CudaSlice<f32>,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let rows = qk_norm_rows(qkv.len(), heads, channels)?;
+        expect_len("qk-norm input gradient", dqkv.len(), qkv.len())?;
+        expect_len("qk-norm output gradient", dout.len(), qkv.len())?;
+        expect_len("qk-norm rstd", rstd.len(), rows * 2 * heads)?;
+        let f = self.typed::<T>(QK_NORM_BACKWARD)?;
+        let (rows32, heads32, c32) = (
+            int("rows", rows)?,
+            int("heads", heads)?,
+            int("channels", channels)?,
+        );
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(dqkv)
+            .arg(dout)
+            .arg(qkv)
+            .arg(rstd)
+            .arg(&rows32)
+            .arg(&heads32)
+            .arg(&c32);
+        // SAFETY: matches qk_norm_backward_T; one warp per head of each row, sizes checked.
+        unsafe { launch.launch(warp_per_row(rows * 3 * heads)) }?;
+        Ok(())
+    }
+
+    /// Rotary embedding in place on the q and k parts of `qkv`, or with `inverse` the inverse
+    /// rotation (the backward pass, on the gradient); `table` as for
+    /// [`crate::backend::Backend::rope_forward`].
+    pub fn rope<T: Element>(
+        &self,
+        qkv: &mut CudaSlice<T>,
+        table: &CudaSlice<f32>,
+        shape: AttentionShape,
+        inverse: bool,
+    ) -> Result<()> {
+        let (c, heads) = (shape.channels, shape.heads);
+        ensure!(
+            heads > 0 && c.is_multiple_of(heads) && shape.head_dim().is_multiple_of(2),
+            "rope needs heads of an even width: {c} channels in {heads} heads"
+        );
+        let hd = shape.head_dim();
+        expect_len("rope qkv", qkv.len(), shape.rows() * 3 * c)?;
+        ensure!(
+            table.len().is_multiple_of(hd) && table.len() / hd >= shape.seq_len,
+            "rope table of {} values does not cover {} positions of {hd}",
+            table.len(),
+            shape.seq_len
+        );
+        let f = self.typed::<T>(ROPE)?;
+        let (rows64, seq32, c32, hd32) = (
+            shape.rows() as i64,
+            int("sequence length", shape.seq_len)?,
+            int("channels", c)?,
+            int("head width", hd)?,
+        );
+        let inverse = i32::from(inverse);
+        let mut launch = self.stream.launch_builder(&f);
+        launch
+            .arg(qkv)
+            .arg(table)
+            .arg(&rows64)
+            .arg(&seq32)
+            .arg(&c32)
+            .arg(&hd32)
+            .arg(&inverse);
+        // SAFETY: matches rope_T; one thread per rotated pair, sizes checked above.
+        unsafe { launch.launch(elementwise(shape.rows() * c)) }?;
         Ok(())
     }
 
@@ -767,6 +885,15 @@ fn row_count(what: &str, len: usize, channels: usize) -> Result<usize> {
         "{what}: {len} elements are not whole rows of {channels}"
     );
     Ok(len / channels)
+}
+
+/// The rows of a qkv tensor (rows, 3·channels) split into `heads` heads.
+fn qk_norm_rows(len: usize, heads: usize, channels: usize) -> Result<usize> {
+    ensure!(
+        heads > 0 && channels.is_multiple_of(heads),
+        "{channels} channels do not split into {heads} heads"
+    );
+    row_count("qk-norm input", len, 3 * channels)
 }
 
 /// One thread per element, for kernels without a grid-stride loop.
