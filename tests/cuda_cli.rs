@@ -5,6 +5,8 @@ mod common;
 
 use common::{fail, succeed};
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use speedrun::backend::cuda::{driver_present, kernels, launch, nvrtc};
 
@@ -92,6 +94,55 @@ fn a_compile_error_names_the_file_line_and_message() {
     );
     assert!(error.contains("broken.cu(2)"), "{error}");
     assert!(error.contains("undefined_name"), "{error}");
+}
+
+/// `speedrun kernels --arch sm_80` with NVRTC hidden from the dynamic loader, so that only
+/// `nvrtc_dir` (SPEEDRUN_NVRTC_DIR) can lead to it.
+fn compile_with_nvrtc_dir(dir: &Path, nvrtc_dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_speedrun"))
+        .args(["kernels", "--arch", "sm_80"])
+        .current_dir(dir)
+        .env_remove("LD_LIBRARY_PATH")
+        .env_remove("CUDA_HOME")
+        .env_remove("CUDA_PATH")
+        .env("SPEEDRUN_NVRTC_DIR", nvrtc_dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn nvrtc_is_preloaded_from_speedrun_nvrtc_dir() {
+    if !nvrtc_available("nvrtc_is_preloaded_from_speedrun_nvrtc_dir") {
+        return;
+    }
+    // The directory CI (or the developer) put on LD_LIBRARY_PATH.
+    let library_path = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let Some(nvrtc_dir) = std::env::split_paths(&library_path)
+        .find(|dir: &PathBuf| dir.join("libnvrtc.so.13").is_file())
+    else {
+        eprintln!("skipped: NVRTC is loadable, but not from a directory on LD_LIBRARY_PATH");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = compile_with_nvrtc_dir(dir.path(), &nvrtc_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+}
+
+#[test]
+fn without_nvrtc_the_kernels_command_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = compile_with_nvrtc_dir(dir.path(), dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        eprintln!("skipped: this machine's loader finds NVRTC without help");
+        return;
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("error: NVRTC (libnvrtc.so.13) cannot be loaded"),
+        "{stderr}"
+    );
 }
 
 #[test]
