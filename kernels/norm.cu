@@ -3,13 +3,12 @@
 // Activations are (rows, C) row-major, stored as T (float or bf16); weights, biases, their
 // gradients and the saved per-row statistics are float. The LayerNorm and RMSNorm forward
 // passes and the RMSNorm backward give each row to one warp (8 rows per 256-thread block),
-// QK-norm each head of a row. The LayerNorm backward gives each block BLOCK_ROWS
+// QK-norm each head of a row. The LayerNorm backward gives each block block_rows
 // consecutive rows and writes its partial weight and bias gradients to a scratch buffer that a
 // second kernel adds up in block order, so the result does not depend on scheduling.
 
 #define LAYERNORM_EPS 1e-5f
 #define RMSNORM_EPS 1e-6f
-#define BLOCK_ROWS 32
 
 template <typename T>
 __device__ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp,
@@ -43,7 +42,7 @@ __device__ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp
 template <typename T>
 __device__ void layernorm_backward(T* dinp, float* partials, const T* dout, const T* inp,
                                    const float* weight, const float* mean, const float* rstd,
-                                   int rows, int C) {
+                                   int rows, int block_rows, int C) {
     extern __shared__ float shared[];
     float* dweight = shared;
     float* dbias = shared + C;
@@ -52,8 +51,8 @@ __device__ void layernorm_backward(T* dinp, float* partials, const T* dout, cons
         dweight[i] = 0.0f;
         dbias[i] = 0.0f;
     }
-    const int first = blockIdx.x * BLOCK_ROWS;
-    const int last = min(first + BLOCK_ROWS, rows);
+    const int first = blockIdx.x * block_rows;
+    const int last = min(first + block_rows, rows);
     for (int row = first; row < last; row++) {
         const T* x = inp + (i64)row * C;
         const T* dy = dout + (i64)row * C;
@@ -201,8 +200,9 @@ __device__ void qk_norm_backward(T* dqkv, const T* dout, const T* qkv, const flo
     }                                                                                            \
     extern "C" __global__ void layernorm_backward_##S(                                           \
         T* dinp, float* partials, const T* dout, const T* inp, const float* weight,              \
-        const float* mean, const float* rstd, int rows, int C) {                                 \
-        layernorm_backward<T>(dinp, partials, dout, inp, weight, mean, rstd, rows, C);           \
+        const float* mean, const float* rstd, int rows, int block_rows, int C) {                 \
+        layernorm_backward<T>(dinp, partials, dout, inp, weight, mean, rstd, rows, block_rows,   \
+                              C);                                                                \
     }                                                                                            \
     extern "C" __global__ void rmsnorm_forward_##S(T* out, float* rstd, const T* inp, int rows,  \
                                                    int C) {                                      \

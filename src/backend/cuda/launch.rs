@@ -50,7 +50,7 @@ impl Element for bf16 {
 const THREADS: u32 = 256;
 /// Threads per block of the cross-entropy, one block per row of the vocabulary.
 const LOSS_THREADS: u32 = 1024;
-/// Rows per block of the LayerNorm backward (BLOCK_ROWS in kernels/norm.cu).
+/// Rows per block of the LayerNorm backward, whose weight and bias gradients are summed per block.
 const LAYERNORM_BLOCK_ROWS: usize = 32;
 /// Blocks of the first pass of the sum of squares: fixed, so the result does not depend on the
 /// device.
@@ -376,6 +376,7 @@ impl Kernels {
             int("channels", channels)?,
             int("blocks", blocks)?,
         );
+        let block_rows = LAYERNORM_BLOCK_ROWS as i32;
         let f = self.typed::<T>(LAYERNORM_BACKWARD)?;
         let shared = (2 * channels + 32) * std::mem::size_of::<f32>();
         ensure!(
@@ -392,6 +393,7 @@ impl Kernels {
             .arg(mean)
             .arg(rstd)
             .arg(&rows32)
+            .arg(&block_rows)
             .arg(&c32);
         let config = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
