@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fail, succeed};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -49,27 +49,35 @@ fn every_kernel_compiles_for_hopper_and_ampere() {
     }
 }
 
-/// A kernel renamed on one side only would fail only on a GPU; here it fails at compile time.
+/// A kernel renamed, or a parameter added, removed or retyped, on one side only would fail
+/// only on a GPU (a missing kernel, or a launch refused for its arguments); here it fails
+/// without one.
 #[test]
-fn the_launchers_call_exactly_the_kernels_the_files_define() {
-    if !nvrtc_available("the_launchers_call_exactly_the_kernels_the_files_define") {
+fn the_launchers_call_exactly_the_kernels_the_files_define_with_their_parameters() {
+    if !nvrtc_available(
+        "the_launchers_call_exactly_the_kernels_the_files_define_with_their_parameters",
+    ) {
         return;
     }
-    let mut defined = BTreeSet::new();
+    let mut defined = BTreeMap::new();
     for source in kernels::SOURCES {
         let compiled = kernels::compile(source, "sm_80").unwrap();
-        for usage in kernels::ptxas_usage(&compiled.log) {
-            defined.insert((source.file, usage.function));
+        for (name, params) in kernels::ptx_entries(&compiled.ptx).unwrap() {
+            defined.insert((source.file, name), params);
         }
     }
-    let mut called = BTreeSet::new();
+    let mut called = BTreeMap::new();
     for kernel in launch::KERNELS {
-        if kernel.typed {
-            for suffix in ["f32", "bf16"] {
-                called.insert((kernel.file, format!("{}_{suffix}", kernel.name)));
-            }
+        let names = if kernel.typed {
+            vec![
+                format!("{}_f32", kernel.name),
+                format!("{}_bf16", kernel.name),
+            ]
         } else {
-            called.insert((kernel.file, kernel.name.to_string()));
+            vec![kernel.name.to_string()]
+        };
+        for name in names {
+            called.insert((kernel.file, name), kernel.params.to_vec());
         }
     }
     assert_eq!(called, defined);

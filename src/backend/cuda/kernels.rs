@@ -8,6 +8,7 @@
 //! and a hash of everything that goes into the compiler (prelude, source and options), so a
 //! changed kernel, compiler or option never loads a stale binary.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
@@ -202,6 +203,42 @@ pub fn compile_all(archs: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The size class of a kernel parameter, as PTX declares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// `.u64`: a pointer or a `long long`.
+    B64,
+    /// `.u32`: an `int` or `unsigned int`.
+    B32,
+    /// `.f32`: a `float`.
+    F32,
+}
+
+/// Every kernel entry point of a PTX module, with its parameters in order.
+pub fn ptx_entries(ptx: &str) -> Result<BTreeMap<String, Vec<Param>>> {
+    let mut entries = BTreeMap::new();
+    let mut current: Option<(String, Vec<Param>)> = None;
+    for line in ptx.lines().map(str::trim) {
+        if let Some(rest) = line.split(".entry ").nth(1) {
+            let name = rest.trim_end_matches('(').trim().to_string();
+            current = Some((name, Vec::new()));
+        } else if let Some((name, params)) = current.as_mut() {
+            if let Some(declaration) = line.strip_prefix(".param ") {
+                params.push(match declaration.split_whitespace().next() {
+                    Some(".u64" | ".b64" | ".s64") => Param::B64,
+                    Some(".u32" | ".b32" | ".s32") => Param::B32,
+                    Some(".f32") => Param::F32,
+                    other => anyhow::bail!("kernel {name}: unexpected parameter type {other:?}"),
+                });
+            } else if line.starts_with(')') {
+                let (name, params) = current.take().unwrap_or_default();
+                entries.insert(name, params);
+            }
+        }
+    }
+    Ok(entries)
+}
+
 /// What ptxas reported for one kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Usage {
@@ -316,6 +353,36 @@ mod tests {
         assert_eq!(cache.load("k.cubin"), Some(cubin));
         cache.store("k.cubin", b"truncated").unwrap();
         assert_eq!(cache.load("k.cubin"), None);
+    }
+
+    #[test]
+    fn ptx_entries_list_each_kernels_parameters() {
+        // As NVRTC 13.0 writes them (abridged).
+        let ptx = "\
+.version 9.0
+.target sm_80
+.visible .entry sum_partials(
+	.param .u64 sum_partials_param_0,
+	.param .u64 sum_partials_param_1,
+	.param .u32 sum_partials_param_2
+)
+{
+	.reg .pred 	%p<3>;
+}
+.visible .entry scale(
+	.param .f32 scale_param_0
+)
+{
+}";
+        let entries = ptx_entries(ptx).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries["sum_partials"],
+            vec![Param::B64, Param::B64, Param::B32]
+        );
+        assert_eq!(entries["scale"], vec![Param::F32]);
+        let odd = ".visible .entry k(\n\t.param .align 16 .b8 k_param_0[32]\n)";
+        assert!(ptx_entries(odd).is_err());
     }
 
     #[test]

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use half::bf16;
 
 use super::Gpu;
+use super::kernels::Param::{self, B32, B64, F32};
 use super::kernels::{Cache, SOURCES};
 use crate::backend::{AttentionShape, ElementwiseRule, IGNORE_TARGET, WeightDecay};
 
@@ -134,51 +135,104 @@ pub fn bucket_rows(tokens: &[u32], vocab: usize) -> Result<Buckets> {
     })
 }
 
-/// A kernel the launchers call: its file, and its name, to which `typed` kernels add `_f32` or
-/// `_bf16`.
+/// A kernel the launchers call: its file, its name, to which `typed` kernels add `_f32` or
+/// `_bf16`, and its parameters (a test checks them against the compiled PTX, and every launch
+/// checks its arguments against them).
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     pub file: &'static str,
     pub name: &'static str,
     pub typed: bool,
+    pub params: &'static [Param],
 }
 
-const fn typed(file: &'static str, name: &'static str) -> Kernel {
+const fn typed(file: &'static str, name: &'static str, params: &'static [Param]) -> Kernel {
     Kernel {
         file,
         name,
         typed: true,
+        params,
     }
 }
 
-const fn plain(file: &'static str, name: &'static str) -> Kernel {
+const fn plain(file: &'static str, name: &'static str, params: &'static [Param]) -> Kernel {
     Kernel {
         file,
         name,
         typed: false,
+        params,
     }
 }
 
-const ADD: Kernel = typed("activation.cu", "add");
-const GELU_FORWARD: Kernel = typed("activation.cu", "gelu_forward");
-const GELU_BACKWARD: Kernel = typed("activation.cu", "gelu_backward");
-const RELU2_FORWARD: Kernel = typed("activation.cu", "relu2_forward");
-const RELU2_BACKWARD: Kernel = typed("activation.cu", "relu2_backward");
-const LAYERNORM_FORWARD: Kernel = typed("norm.cu", "layernorm_forward");
-const LAYERNORM_BACKWARD: Kernel = typed("norm.cu", "layernorm_backward");
-const LAYERNORM_BACKWARD_REDUCE: Kernel = plain("norm.cu", "layernorm_backward_reduce");
-const RMSNORM_FORWARD: Kernel = typed("norm.cu", "rmsnorm_forward");
-const RMSNORM_BACKWARD: Kernel = typed("norm.cu", "rmsnorm_backward");
-const QK_NORM_FORWARD: Kernel = typed("norm.cu", "qk_norm_forward");
-const QK_NORM_BACKWARD: Kernel = typed("norm.cu", "qk_norm_backward");
-const ROPE: Kernel = typed("rope.cu", "rope");
-const EMBEDDING_FORWARD: Kernel = typed("embedding.cu", "embedding_forward");
-const EMBEDDING_BACKWARD_TABLE: Kernel = typed("embedding.cu", "embedding_backward_table");
-const EMBEDDING_BACKWARD_POSITIONS: Kernel = typed("embedding.cu", "embedding_backward_positions");
-const SOFTMAX_CROSS_ENTROPY: Kernel = typed("loss.cu", "softmax_cross_entropy");
-const ADAM_UPDATE: Kernel = plain("optim.cu", "adam_update");
-const SUM_SQUARES_PARTIAL: Kernel = plain("reduce.cu", "sum_squares_partial");
-const SUM_PARTIALS: Kernel = plain("reduce.cu", "sum_partials");
+// B64: a pointer or a long long; B32: an int; F32: a float.
+const ADD: Kernel = typed("activation.cu", "add", &[B64, B64, B64, B64]);
+const UNARY: &[Param] = &[B64, B64, B64];
+const UNARY_BACKWARD: &[Param] = &[B64, B64, B64, B64];
+const GELU_FORWARD: Kernel = typed("activation.cu", "gelu_forward", UNARY);
+const GELU_BACKWARD: Kernel = typed("activation.cu", "gelu_backward", UNARY_BACKWARD);
+const RELU2_FORWARD: Kernel = typed("activation.cu", "relu2_forward", UNARY);
+const RELU2_BACKWARD: Kernel = typed("activation.cu", "relu2_backward", UNARY_BACKWARD);
+const LAYERNORM_FORWARD: Kernel = typed(
+    "norm.cu",
+    "layernorm_forward",
+    &[B64, B64, B64, B64, B64, B64, B32, B32],
+);
+const LAYERNORM_BACKWARD: Kernel = typed(
+    "norm.cu",
+    "layernorm_backward",
+    &[B64, B64, B64, B64, B64, B64, B64, B32, B32, B32],
+);
+const LAYERNORM_BACKWARD_REDUCE: Kernel = plain(
+    "norm.cu",
+    "layernorm_backward_reduce",
+    &[B64, B64, B64, B32, B32],
+);
+const RMSNORM_FORWARD: Kernel = typed("norm.cu", "rmsnorm_forward", &[B64, B64, B64, B32, B32]);
+const RMSNORM_BACKWARD: Kernel = typed(
+    "norm.cu",
+    "rmsnorm_backward",
+    &[B64, B64, B64, B64, B32, B32],
+);
+const QK_NORM_FORWARD: Kernel = typed(
+    "norm.cu",
+    "qk_norm_forward",
+    &[B64, B64, B64, B32, B32, B32],
+);
+const QK_NORM_BACKWARD: Kernel = typed(
+    "norm.cu",
+    "qk_norm_backward",
+    &[B64, B64, B64, B64, B32, B32, B32],
+);
+const ROPE: Kernel = typed("rope.cu", "rope", &[B64, B64, B64, B32, B32, B32, B32]);
+const EMBEDDING_FORWARD: Kernel = typed(
+    "embedding.cu",
+    "embedding_forward",
+    &[B64, B64, B64, B64, B32, B32, B64, B32],
+);
+const EMBEDDING_BACKWARD_TABLE: Kernel = typed(
+    "embedding.cu",
+    "embedding_backward_table",
+    &[B64, B64, B64, B64, B64, B32],
+);
+const EMBEDDING_BACKWARD_POSITIONS: Kernel = typed(
+    "embedding.cu",
+    "embedding_backward_positions",
+    &[B64, B64, B32, B32, B32],
+);
+const SOFTMAX_CROSS_ENTROPY: Kernel = typed(
+    "loss.cu",
+    "softmax_cross_entropy",
+    &[B64, B64, B64, B32, B32, F32, F32, B32],
+);
+const ADAM_UPDATE: Kernel = plain(
+    "optim.cu",
+    "adam_update",
+    &[
+        B64, B64, B64, B64, B64, B64, F32, F32, F32, F32, F32, F32, F32, B32,
+    ],
+);
+const SUM_SQUARES_PARTIAL: Kernel = plain("reduce.cu", "sum_squares_partial", &[B64, B64, B64]);
+const SUM_PARTIALS: Kernel = plain("reduce.cu", "sum_partials", &[B64, B64, B32]);
 
 /// Every kernel the launchers call; a test checks it against what kernels/ compiles to.
 pub const KERNELS: &[Kernel] = &[
@@ -203,6 +257,85 @@ pub const KERNELS: &[Kernel] = &[
     SUM_SQUARES_PARTIAL,
     SUM_PARTIALS,
 ];
+
+/// A loaded kernel with its declared parameters.
+struct Prepared {
+    function: CudaFunction,
+    kernel: Kernel,
+}
+
+impl Prepared {
+    fn args<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Launch<'a> {
+        Launch {
+            args: stream.launch_builder(&self.function),
+            kernel: self.kernel,
+            pushed: Vec::new(),
+        }
+    }
+}
+
+/// The arguments of one launch, each pushed with its parameter type, so that a launch whose
+/// arguments do not match the kernel's parameters is an error instead of undefined behaviour.
+struct Launch<'a> {
+    args: LaunchArgs<'a>,
+    kernel: Kernel,
+    pushed: Vec<Param>,
+}
+
+impl<'a> Launch<'a> {
+    /// A device buffer (its address).
+    fn buf<A>(&mut self, buffer: A) -> &mut Self
+    where
+        LaunchArgs<'a>: PushKernelArg<A>,
+    {
+        self.args.arg(buffer);
+        self.pushed.push(B64);
+        self
+    }
+
+    /// A null pointer, for an optional buffer that is absent.
+    fn null(&mut self) -> &mut Self {
+        self.args.arg(&0u64);
+        self.pushed.push(B64);
+        self
+    }
+
+    fn int(&mut self, value: &'a i32) -> &mut Self {
+        self.args.arg(value);
+        self.pushed.push(B32);
+        self
+    }
+
+    fn long(&mut self, value: &'a i64) -> &mut Self {
+        self.args.arg(value);
+        self.pushed.push(B64);
+        self
+    }
+
+    fn float(&mut self, value: &'a f32) -> &mut Self {
+        self.args.arg(value);
+        self.pushed.push(F32);
+        self
+    }
+
+    /// Queues the kernel.
+    ///
+    /// # Safety
+    /// Every buffer must be as large as the kernel reads and writes for this launch shape.
+    unsafe fn launch(&mut self, config: LaunchConfig) -> Result<()> {
+        ensure!(
+            self.pushed == self.kernel.params,
+            "{} launched with arguments {:?} where it takes {:?}",
+            self.kernel.name,
+            self.pushed,
+            self.kernel.params
+        );
+        // SAFETY: the arguments match the parameters in number and size (checked above); the
+        // caller vouches for the buffers' sizes.
+        unsafe { self.args.launch(config) }?;
+        Ok(())
+    }
+}
 
 /// The kernels of every file in kernels/, loaded on one GPU.
 pub struct Kernels {
@@ -240,14 +373,16 @@ impl Kernels {
     }
 
     /// The `T` version of a kernel that comes in an f32 and a bf16 version.
-    fn typed<T: Element>(&self, kernel: Kernel) -> Result<CudaFunction> {
+    fn typed<T: Element>(&self, kernel: Kernel) -> Result<Prepared> {
         debug_assert!(kernel.typed, "{} has no typed versions", kernel.name);
-        self.function(kernel.file, &format!("{}_{}", kernel.name, T::NAME))
+        let function = self.function(kernel.file, &format!("{}_{}", kernel.name, T::NAME))?;
+        Ok(Prepared { function, kernel })
     }
 
-    fn plain(&self, kernel: Kernel) -> Result<CudaFunction> {
+    fn plain(&self, kernel: Kernel) -> Result<Prepared> {
         debug_assert!(!kernel.typed, "{} comes in typed versions", kernel.name);
-        self.function(kernel.file, kernel.name)
+        let function = self.function(kernel.file, kernel.name)?;
+        Ok(Prepared { function, kernel })
     }
 
     pub fn stream(&self) -> &Arc<CudaStream> {
@@ -264,10 +399,10 @@ impl Kernels {
         let n = out.len();
         expect_len("add operand", a.len(), n)?;
         expect_len("add operand", b.len(), n)?;
-        let f = self.typed::<T>(ADD)?;
+        let kernel = self.typed::<T>(ADD)?;
         let n64 = n as i64;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(out).arg(a).arg(b).arg(&n64);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(out).buf(a).buf(b).long(&n64);
         // SAFETY: the argument list matches add_T(T*, const T*, const T*, i64), and every
         // buffer holds n elements.
         unsafe { launch.launch(elementwise(n)) }?;
@@ -283,10 +418,10 @@ impl Kernels {
     ) -> Result<()> {
         let n = out.len();
         expect_len("activation input", inp.len(), n)?;
-        let f = self.typed::<T>(op.forward())?;
+        let kernel = self.typed::<T>(op.forward())?;
         let n64 = n as i64;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(out).arg(inp).arg(&n64);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(out).buf(inp).long(&n64);
         // SAFETY: matches op_forward_T(T*, const T*, i64); both buffers hold n elements.
         unsafe { launch.launch(elementwise(n)) }?;
         Ok(())
@@ -303,10 +438,10 @@ impl Kernels {
         let n = dinp.len();
         expect_len("activation output gradient", dout.len(), n)?;
         expect_len("activation input", inp.len(), n)?;
-        let f = self.typed::<T>(op.backward())?;
+        let kernel = self.typed::<T>(op.backward())?;
         let n64 = n as i64;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(dinp).arg(dout).arg(inp).arg(&n64);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(dinp).buf(dout).buf(inp).long(&n64);
         // SAFETY: matches op_backward_T(T*, const T*, const T*, i64); all hold n elements.
         unsafe { launch.launch(elementwise(n)) }?;
         Ok(())
@@ -329,18 +464,18 @@ impl Kernels {
         expect_len("layernorm rstd", rstd.len(), rows)?;
         expect_len("layernorm weight", weight.len(), channels)?;
         expect_len("layernorm bias", bias.len(), channels)?;
-        let f = self.typed::<T>(LAYERNORM_FORWARD)?;
+        let kernel = self.typed::<T>(LAYERNORM_FORWARD)?;
         let (rows32, c32) = (int("rows", rows)?, int("channels", channels)?);
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(out)
-            .arg(mean)
-            .arg(rstd)
-            .arg(inp)
-            .arg(weight)
-            .arg(bias)
-            .arg(&rows32)
-            .arg(&c32);
+            .buf(out)
+            .buf(mean)
+            .buf(rstd)
+            .buf(inp)
+            .buf(weight)
+            .buf(bias)
+            .int(&rows32)
+            .int(&c32);
         // SAFETY: matches layernorm_forward_T; sizes checked above.
         unsafe { launch.launch(warp_per_row(rows)) }?;
         Ok(())
@@ -377,24 +512,24 @@ impl Kernels {
             int("blocks", blocks)?,
         );
         let block_rows = LAYERNORM_BLOCK_ROWS as i32;
-        let f = self.typed::<T>(LAYERNORM_BACKWARD)?;
+        let kernel = self.typed::<T>(LAYERNORM_BACKWARD)?;
         let shared = (2 * channels + 32) * std::mem::size_of::<f32>();
         ensure!(
             shared <= 48 << 10,
             "layernorm backward of {channels} channels needs more than 48 KiB of shared memory"
         );
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(dinp)
-            .arg(&mut partials)
-            .arg(dout)
-            .arg(inp)
-            .arg(weight)
-            .arg(mean)
-            .arg(rstd)
-            .arg(&rows32)
-            .arg(&block_rows)
-            .arg(&c32);
+            .buf(dinp)
+            .buf(&mut partials)
+            .buf(dout)
+            .buf(inp)
+            .buf(weight)
+            .buf(mean)
+            .buf(rstd)
+            .int(&rows32)
+            .int(&block_rows)
+            .int(&c32);
         let config = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -403,14 +538,14 @@ impl Kernels {
         // SAFETY: matches layernorm_backward_T; partials holds blocks·2·channels floats and the
         // shared memory 2·channels + 32 floats, as the kernel expects.
         unsafe { launch.launch(config) }?;
-        let f = self.plain(LAYERNORM_BACKWARD_REDUCE)?;
-        let mut launch = self.stream.launch_builder(&f);
+        let kernel = self.plain(LAYERNORM_BACKWARD_REDUCE)?;
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(dweight)
-            .arg(dbias)
-            .arg(&partials)
-            .arg(&blocks32)
-            .arg(&c32);
+            .buf(dweight)
+            .buf(dbias)
+            .buf(&partials)
+            .int(&blocks32)
+            .int(&c32);
         // SAFETY: matches layernorm_backward_reduce; one thread per entry of [dweight | dbias].
         unsafe { launch.launch(elementwise_exact(2 * channels)) }?;
         Ok(())
@@ -427,10 +562,10 @@ impl Kernels {
         let rows = row_count("rmsnorm input", inp.len(), channels)?;
         expect_len("rmsnorm output", out.len(), inp.len())?;
         expect_len("rmsnorm rstd", rstd.len(), rows)?;
-        let f = self.typed::<T>(RMSNORM_FORWARD)?;
+        let kernel = self.typed::<T>(RMSNORM_FORWARD)?;
         let (rows32, c32) = (int("rows", rows)?, int("channels", channels)?);
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(out).arg(rstd).arg(inp).arg(&rows32).arg(&c32);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(out).buf(rstd).buf(inp).int(&rows32).int(&c32);
         // SAFETY: matches rmsnorm_forward_T; sizes checked above.
         unsafe { launch.launch(warp_per_row(rows)) }?;
         Ok(())
@@ -449,16 +584,16 @@ impl Kernels {
         expect_len("rmsnorm input gradient", dinp.len(), inp.len())?;
         expect_len("rmsnorm output gradient", dout.len(), inp.len())?;
         expect_len("rmsnorm rstd", rstd.len(), rows)?;
-        let f = self.typed::<T>(RMSNORM_BACKWARD)?;
+        let kernel = self.typed::<T>(RMSNORM_BACKWARD)?;
         let (rows32, c32) = (int("rows", rows)?, int("channels", channels)?);
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(dinp)
-            .arg(dout)
-            .arg(inp)
-            .arg(rstd)
-            .arg(&rows32)
-            .arg(&c32);
+            .buf(dinp)
+            .buf(dout)
+            .buf(inp)
+            .buf(rstd)
+            .int(&rows32)
+            .int(&c32);
         // SAFETY: matches rmsnorm_backward_T; sizes checked above.
         unsafe { launch.launch(warp_per_row(rows)) }?;
         Ok(())
@@ -477,20 +612,20 @@ impl Kernels {
         let rows = qk_norm_rows(qkv.len(), heads, channels)?;
         expect_len("qk-norm output", out.len(), qkv.len())?;
         expect_len("qk-norm rstd", rstd.len(), rows * 2 * heads)?;
-        let f = self.typed::<T>(QK_NORM_FORWARD)?;
+        let kernel = self.typed::<T>(QK_NORM_FORWARD)?;
         let (rows32, heads32, c32) = (
             int("rows", rows)?,
             int("heads", heads)?,
             int("channels", channels)?,
         );
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(out)
-            .arg(rstd)
-            .arg(qkv)
-            .arg(&rows32)
-            .arg(&heads32)
-            .arg(&c32);
+            .buf(out)
+            .buf(rstd)
+            .buf(qkv)
+            .int(&rows32)
+            .int(&heads32)
+            .int(&c32);
         // SAFETY: matches qk_norm_forward_T; one warp per head of each row, sizes checked.
         unsafe { launch.launch(warp_per_row(rows * 3 * heads)) }?;
         Ok(())
@@ -511,21 +646,21 @@ impl Kernels {
         expect_len("qk-norm input gradient", dqkv.len(), qkv.len())?;
         expect_len("qk-norm output gradient", dout.len(), qkv.len())?;
         expect_len("qk-norm rstd", rstd.len(), rows * 2 * heads)?;
-        let f = self.typed::<T>(QK_NORM_BACKWARD)?;
+        let kernel = self.typed::<T>(QK_NORM_BACKWARD)?;
         let (rows32, heads32, c32) = (
             int("rows", rows)?,
             int("heads", heads)?,
             int("channels", channels)?,
         );
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(dqkv)
-            .arg(dout)
-            .arg(qkv)
-            .arg(rstd)
-            .arg(&rows32)
-            .arg(&heads32)
-            .arg(&c32);
+            .buf(dqkv)
+            .buf(dout)
+            .buf(qkv)
+            .buf(rstd)
+            .int(&rows32)
+            .int(&heads32)
+            .int(&c32);
         // SAFETY: matches qk_norm_backward_T; one warp per head of each row, sizes checked.
         unsafe { launch.launch(warp_per_row(rows * 3 * heads)) }?;
         Ok(())
@@ -554,7 +689,7 @@ impl Kernels {
             table.len(),
             shape.seq_len
         );
-        let f = self.typed::<T>(ROPE)?;
+        let kernel = self.typed::<T>(ROPE)?;
         let (rows64, seq32, c32, hd32) = (
             shape.rows() as i64,
             int("sequence length", shape.seq_len)?,
@@ -562,15 +697,15 @@ impl Kernels {
             int("head width", hd)?,
         );
         let inverse = i32::from(inverse);
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(qkv)
-            .arg(table)
-            .arg(&rows64)
-            .arg(&seq32)
-            .arg(&c32)
-            .arg(&hd32)
-            .arg(&inverse);
+            .buf(qkv)
+            .buf(table)
+            .long(&rows64)
+            .int(&seq32)
+            .int(&c32)
+            .int(&hd32)
+            .int(&inverse);
         // SAFETY: matches rope_T; one thread per rotated pair, sizes checked above.
         unsafe { launch.launch(elementwise(shape.rows() * c)) }?;
         Ok(())
@@ -599,22 +734,20 @@ impl Kernels {
                 "position table shorter than the sequence"
             );
         }
-        let f = self.typed::<T>(EMBEDDING_FORWARD)?;
+        let kernel = self.typed::<T>(EMBEDDING_FORWARD)?;
         let (vocab32, seq32, rows64, c32) = (
             int("vocabulary", vocab)?,
             int("sequence length", seq_len)?,
             rows as i64,
             int("channels", channels)?,
         );
-        // The kernel reads no positions from a null pointer.
-        let null = 0u64;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(out).arg(tokens).arg(table);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(out).buf(tokens).buf(table);
         match positions {
-            Some(positions) => launch.arg(positions),
-            None => launch.arg(&null),
+            Some(positions) => launch.buf(positions),
+            None => launch.null(),
         };
-        launch.arg(&vocab32).arg(&seq32).arg(&rows64).arg(&c32);
+        launch.int(&vocab32).int(&seq32).long(&rows64).int(&c32);
         // SAFETY: matches embedding_forward_T; sizes checked above, tokens outside the table
         // give NaN rows instead of out-of-bounds reads.
         unsafe { launch.launch(elementwise(rows * channels)) }?;
@@ -645,15 +778,15 @@ impl Kernels {
             let order = self.stream.clone_htod(&buckets.order)?;
             let start = self.stream.clone_htod(&buckets.start)?;
             let token = self.stream.clone_htod(&buckets.token)?;
-            let f = self.typed::<T>(EMBEDDING_BACKWARD_TABLE)?;
-            let mut launch = self.stream.launch_builder(&f);
+            let kernel = self.typed::<T>(EMBEDDING_BACKWARD_TABLE)?;
+            let mut launch = kernel.args(&self.stream);
             launch
-                .arg(&mut *dtable)
-                .arg(dout)
-                .arg(&order)
-                .arg(&start)
-                .arg(&token)
-                .arg(&c32);
+                .buf(&mut *dtable)
+                .buf(dout)
+                .buf(&order)
+                .buf(&start)
+                .buf(&token)
+                .int(&c32);
             let config = LaunchConfig {
                 grid_dim: (
                     buckets.token.len() as u32,
@@ -672,18 +805,18 @@ impl Kernels {
                 dpositions.len() >= seq_len * channels,
                 "position gradient shorter than the sequence"
             );
-            let f = self.typed::<T>(EMBEDDING_BACKWARD_POSITIONS)?;
+            let kernel = self.typed::<T>(EMBEDDING_BACKWARD_POSITIONS)?;
             let (batch32, seq32) = (
                 int("batch", rows / seq_len)?,
                 int("sequence length", seq_len)?,
             );
-            let mut launch = self.stream.launch_builder(&f);
+            let mut launch = kernel.args(&self.stream);
             launch
-                .arg(dpositions)
-                .arg(dout)
-                .arg(&batch32)
-                .arg(&seq32)
-                .arg(&c32);
+                .buf(dpositions)
+                .buf(dout)
+                .int(&batch32)
+                .int(&seq32)
+                .int(&c32);
             // SAFETY: matches embedding_backward_positions_T; one thread per (t, c).
             unsafe { launch.launch(elementwise_exact(seq_len * channels)) }?;
         }
@@ -725,22 +858,22 @@ impl Kernels {
             Some(cap) => bail!("soft-cap {cap} must be positive and finite"),
             None => 0.0,
         };
-        let f = self.typed::<T>(SOFTMAX_CROSS_ENTROPY)?;
+        let kernel = self.typed::<T>(SOFTMAX_CROSS_ENTROPY)?;
         let (vocab32, padded32) = (
             int("vocabulary", vocab)?,
             int("padded vocabulary", padded_vocab)?,
         );
         let (scale, write_grad) = (grad_scale.unwrap_or(0.0), i32::from(grad_scale.is_some()));
-        let mut launch = self.stream.launch_builder(&f);
+        let mut launch = kernel.args(&self.stream);
         launch
-            .arg(logits)
-            .arg(losses)
-            .arg(targets_dev)
-            .arg(&vocab32)
-            .arg(&padded32)
-            .arg(&cap)
-            .arg(&scale)
-            .arg(&write_grad);
+            .buf(logits)
+            .buf(losses)
+            .buf(targets_dev)
+            .int(&vocab32)
+            .int(&padded32)
+            .float(&cap)
+            .float(&scale)
+            .int(&write_grad);
         let config = LaunchConfig {
             grid_dim: (int("rows", rows)? as u32, 1, 1),
             block_dim: (LOSS_THREADS, 1, 1),
@@ -793,24 +926,23 @@ impl Kernels {
         let step_size = lr / (1.0 - beta1.powi(step));
         let bias2_sqrt = (1.0 - beta2.powi(step)).sqrt();
         let (n64, nesterov) = (n as i64, i32::from(nesterov));
-        let null = 0u64;
-        let f = self.plain(ADAM_UPDATE)?;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(param).arg(grad).arg(m).arg(v);
+        let kernel = self.plain(ADAM_UPDATE)?;
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(param).buf(grad).buf(m).buf(v);
         match param_bf16 {
-            Some(copy) => launch.arg(copy),
-            None => launch.arg(&null),
+            Some(copy) => launch.buf(copy),
+            None => launch.null(),
         };
         launch
-            .arg(&n64)
-            .arg(&beta1)
-            .arg(&beta2)
-            .arg(&eps)
-            .arg(&coupled)
-            .arg(&keep)
-            .arg(&step_size)
-            .arg(&bias2_sqrt)
-            .arg(&nesterov);
+            .long(&n64)
+            .float(&beta1)
+            .float(&beta2)
+            .float(&eps)
+            .float(&coupled)
+            .float(&keep)
+            .float(&step_size)
+            .float(&bias2_sqrt)
+            .int(&nesterov);
         // SAFETY: matches adam_update; every buffer holds n elements (or the copy is null).
         unsafe { launch.launch(elementwise(n)) }?;
         Ok(())
@@ -822,10 +954,10 @@ impl Kernels {
         let blocks = n.div_ceil(THREADS as usize).clamp(1, SUM_BLOCKS);
         let mut partials = self.stream.alloc_zeros::<f32>(blocks)?;
         let mut total = self.stream.alloc_zeros::<f64>(1)?;
-        let f = self.plain(SUM_SQUARES_PARTIAL)?;
+        let kernel = self.plain(SUM_SQUARES_PARTIAL)?;
         let n64 = n as i64;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&mut partials).arg(x).arg(&n64);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(&mut partials).buf(x).long(&n64);
         let config = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -833,10 +965,10 @@ impl Kernels {
         };
         // SAFETY: matches sum_squares_partial; partials holds one float per block.
         unsafe { launch.launch(config) }?;
-        let f = self.plain(SUM_PARTIALS)?;
+        let kernel = self.plain(SUM_PARTIALS)?;
         let count = blocks as i32;
-        let mut launch = self.stream.launch_builder(&f);
-        launch.arg(&mut total).arg(&partials).arg(&count);
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(&mut total).buf(&partials).int(&count);
         let one_thread = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (1, 1, 1),

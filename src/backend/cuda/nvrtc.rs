@@ -111,21 +111,26 @@ pub fn load() -> Result<Version, NvrtcError> {
     version.ok_or(NvrtcError::Missing)
 }
 
-/// What NVRTC made of one program: the CUBIN and the compiler's log.
+/// What NVRTC made of one program: the CUBIN, the PTX it was assembled from, and the
+/// compiler's log.
 pub struct Compiled {
     pub cubin: Vec<u8>,
+    pub ptx: String,
     pub log: String,
 }
 
-fn log_of(prog: sys::nvrtcProgram) -> String {
-    // SAFETY: `prog` is a live program.
-    let log = unsafe { result::get_program_log(prog) }.unwrap_or_default();
-    let bytes: Vec<u8> = log
-        .iter()
+/// A NUL-terminated string from NVRTC.
+fn text(chars: &[c_char]) -> String {
+    let bytes: Vec<u8> = (chars.iter())
         .take_while(|&&c| c != 0)
         .map(|&c| c as u8)
         .collect();
     String::from_utf8_lossy(&bytes).trim_end().to_string()
+}
+
+fn log_of(prog: sys::nvrtcProgram) -> String {
+    // SAFETY: `prog` is a live program.
+    text(&unsafe { result::get_program_log(prog) }.unwrap_or_default())
 }
 
 /// Compiles the CUDA C++ `program` (named `file` in messages) to a CUBIN for `arch` with
@@ -168,7 +173,8 @@ pub fn compile(
                         sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char)
                             .result()
                             .map_err(call("reading the CUBIN"))?;
-                        Ok(Compiled { cubin, log })
+                        let ptx = text(&result::get_ptx(prog).map_err(call("reading the PTX"))?);
+                        Ok(Compiled { cubin, ptx, log })
                     })
             }
         };
