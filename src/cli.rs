@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{self, Gpu, kernels};
 use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
@@ -83,6 +84,14 @@ enum Command {
     /// to the target, and the AlgoPerf scores, as markdown; loss curves, performance profiles
     /// and time to target against model size as SVG and PNG plots.
     Report(ReportArgs),
+    /// Compile every CUDA kernel of kernels/ with NVRTC for the given architectures, without a
+    /// GPU: one line per file with its register use and spills; fails if any file does not
+    /// compile. Needs libnvrtc.so.13 (CUDA 13 toolkit or the nvidia-cuda-nvrtc pip wheel).
+    Kernels(KernelsArgs),
+    /// Run every CUDA kernel on random inputs and compare it with the CPU reference on the same
+    /// inputs: a table of ‖gpu−cpu‖/‖cpu‖ per tensor (tolerance 1e-2 for bf16 tensors, 1e-4 for
+    /// f32 ones); fails if any is out of tolerance. Not yet run on a GPU.
+    Check(CheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -125,6 +134,24 @@ struct ReportArgs {
     log_x: bool,
 }
 
+#[derive(Args, Debug)]
+struct KernelsArgs {
+    /// An architecture to compile for, like sm_80 or sm_90a (repeatable) [default: sm_90a and
+    /// sm_80].
+    #[arg(long = "arch")]
+    archs: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    /// The device to check against the CPU reference: only cuda.
+    #[arg(long, value_enum, default_value_t = Device::Cuda)]
+    device: Device,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
 #[derive(Subcommand, Debug)]
 enum DataCommand {
     /// Write train/val shards sampled from a random sparse Markov chain whose entropy rate (the
@@ -148,6 +175,9 @@ enum Device {
     Auto,
     /// The CPU reference backend (f32, all cores).
     Cpu,
+    /// An NVIDIA GPU. The CUDA backend is not built yet, so this fails, saying why; `speedrun
+    /// check --device cuda` checks the kernels that exist.
+    Cuda,
 }
 
 #[derive(Args, Debug)]
@@ -1064,7 +1094,37 @@ fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backen
 fn new_backend(device: Device) -> Result<Box<dyn Backend>> {
     Ok(match device {
         Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
+        Device::Cuda => {
+            // Opening the GPU first gives the precise reason where there is none.
+            let gpu = Gpu::open(0)?;
+            bail!(
+                "found {} ({}), but the CUDA training backend is not built yet; \
+                 `speedrun check --device cuda` runs the kernels that exist",
+                gpu.name,
+                gpu.arch
+            )
+        }
     })
+}
+
+fn compile_kernels(args: &KernelsArgs) -> Result<()> {
+    let archs = if args.archs.is_empty() {
+        kernels::REQUIRED_ARCHS
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    } else {
+        args.archs.clone()
+    };
+    kernels::compile_all(&archs)
+}
+
+fn check_device(args: &CheckArgs) -> Result<()> {
+    ensure!(
+        args.device == Device::Cuda,
+        "check compares the CUDA kernels with the CPU reference: use --device cuda"
+    );
+    cuda::check::run(0, args.seed)
 }
 
 fn prepare_shards(args: &PrepareArgs) -> Result<()> {
@@ -1709,6 +1769,8 @@ pub fn run() -> Result<()> {
         Some(Command::Study(StudyCommand::Run(args))) => study_run(&args),
         Some(Command::Study(StudyCommand::Plan(args))) => study_plan(&args),
         Some(Command::Report(args)) => report(&args),
+        Some(Command::Kernels(args)) => compile_kernels(&args),
+        Some(Command::Check(args)) => check_device(&args),
         Some(Command::Memory(args)) => {
             let config = args.config()?;
             let report = MemoryReport::new(

@@ -14,6 +14,7 @@
 //!   it works in place.
 
 pub mod cpu;
+pub mod cuda;
 
 use anyhow::Result;
 

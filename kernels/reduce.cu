@@ -1,0 +1,24 @@
+// Reductions over flat float ranges: the sum of squares behind the global gradient norm; CPU
+// twin: sum_squares in src/backend/cpu/mod.rs.
+//
+// Deterministic in two launches: a fixed number of blocks (chosen by the launcher from n
+// alone, never from the device) each write one partial sum, and one thread adds the partials
+// in order, in double.
+
+// partials[blockIdx.x] = Σ x[i]² over the block's grid-stride share of the range.
+extern "C" __global__ void sum_squares_partial(float* partials, const float* x, i64 n) {
+    __shared__ float scratch[WARP_SIZE];
+    float sum = 0.0f;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        sum += x[i] * x[i];
+    }
+    sum = block_sum(sum, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+// total[0] = Σ partials, in order; launched as one thread.
+extern "C" __global__ void sum_partials(double* total, const float* partials, int count) {
+    double sum = 0.0;
+    for (int b = 0; b < count; b++) sum += partials[b];
+    total[0] = sum;
+}
