@@ -63,7 +63,8 @@ __device__ void softmax_cross_entropy(T* logits, float* losses, const u32* targe
 }
 
 #define LOSS(T, S)                                                                               \
-    extern "C" __global__ void softmax_cross_entropy_##S(T* logits, float* losses,               \
+    extern "C" __global__ void __launch_bounds__(1024)                                           \
+        softmax_cross_entropy_##S(T* logits, float* losses,                                      \
                                                          const u32* targets, int vocab,          \
                                                          int padded_vocab, float cap,            \
                                                          float grad_scale, int write_grad) {     \

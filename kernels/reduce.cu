@@ -8,11 +8,12 @@
 // partials[blockIdx.x] = Σ x[i]² over the block's grid-stride share of the range.
 extern "C" __global__ void sum_squares_partial(float* partials, const float* x, i64 n) {
     __shared__ float scratch[WARP_SIZE];
-    float sum = 0.0f;
+    // Each thread's many terms in double, as the CPU sums; the block's 256 sums in float.
+    double own = 0.0;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        sum += x[i] * x[i];
+        own += (double)x[i] * x[i];
     }
-    sum = block_sum(sum, scratch);
+    float sum = block_sum((float)own, scratch);
     if (threadIdx.x == 0) partials[blockIdx.x] = sum;
 }
 

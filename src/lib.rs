@@ -14,6 +14,7 @@ pub mod cli;
 pub mod data;
 pub mod dist;
 pub mod grok;
+pub mod hash;
 pub mod landscape;
 pub mod memory;
 pub mod model;

@@ -160,13 +160,6 @@ pub struct TcpComm {
     links: Mutex<Vec<Link>>,
 }
 
-/// FNV-1a: a digest of what identifies a run, the same in every process and build.
-fn digest(text: &str) -> u64 {
-    (text.bytes()).fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// What the nodes of one run must agree on: the protocol, how many they are, and a digest of
 /// the run's settings.
 fn hello(spec: &NodeSpec, run_digest: u64) -> Vec<u8> {
@@ -184,7 +177,7 @@ impl TcpComm {
     /// 0 listens) and wait for that. Anything not done within the spec's timeout is an error
     /// naming what is missing.
     pub fn rendezvous(spec: &NodeSpec, run: &str) -> Result<TcpComm> {
-        let run_digest = digest(run);
+        let run_digest = crate::hash::fnv1a(run.as_bytes());
         let deadline = Instant::now() + spec.timeout;
         let address = resolve(&spec.rendezvous)?;
         let links = if spec.node_rank == 0 {

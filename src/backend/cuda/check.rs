@@ -28,15 +28,17 @@ use crate::model::gpt::rope_table;
 pub const BF16_TOLERANCE: f64 = 1e-2;
 pub const F32_TOLERANCE: f64 = 1e-4;
 
-/// Rows (4 sequences of 64) and a width that is not a multiple of the warp or the block, so
-/// the kernels' tails are exercised.
-const SEQ_LEN: usize = 64;
+/// Rows (4 sequences of 61: not a multiple of any kernel's rows per block) and a width above
+/// one block of threads and not a multiple of the warp, so the kernels' tails are exercised and
+/// threads own several channels; a vocabulary above the loss kernel's 1024 threads, so each
+/// thread's online softmax rescales.
+const SEQ_LEN: usize = 61;
 const ROWS: usize = 4 * SEQ_LEN;
-const CHANNELS: usize = 200;
-/// Heads of 50: neither a multiple of the warp nor a power of two.
+const CHANNELS: usize = 328;
+/// Heads of 82: neither a multiple of the warp nor a power of two.
 const HEADS: usize = 4;
-const VOCAB: usize = 1000;
-const PADDED_VOCAB: usize = 1024;
+const VOCAB: usize = 3000;
+const PADDED_VOCAB: usize = 3072;
 
 /// One compared tensor.
 #[derive(Clone, Debug, PartialEq)]

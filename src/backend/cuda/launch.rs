@@ -330,6 +330,10 @@ impl<'a> Launch<'a> {
             self.pushed,
             self.kernel.params
         );
+        // An empty grid has nothing to do, and CUDA refuses to launch one.
+        if config.grid_dim.0 == 0 {
+            return Ok(());
+        }
         // SAFETY: the arguments match the parameters in number and size (checked above); the
         // caller vouches for the buffers' sizes.
         unsafe { self.args.launch(config) }?;
@@ -503,6 +507,9 @@ impl Kernels {
         expect_len("layernorm weight", weight.len(), channels)?;
         expect_len("layernorm weight gradient", dweight.len(), channels)?;
         expect_len("layernorm bias gradient", dbias.len(), channels)?;
+        if rows == 0 {
+            return Ok(());
+        }
         let blocks = rows.div_ceil(LAYERNORM_BLOCK_ROWS);
         // Scratch for the partial sums; the CUDA backend will keep one preallocated.
         let mut partials = self.stream.alloc_zeros::<f32>(blocks * 2 * channels)?;
