@@ -58,7 +58,12 @@ pub fn ratios(times: &[Vec<f64>]) -> Vec<Vec<f64>> {
         .map(|t| {
             t.iter()
                 .zip(&best)
-                .map(|(&t, &b)| if t.is_finite() { t / b } else { f64::INFINITY })
+                // t == b is the fastest (also at 0 s: a target met before training).
+                .map(|(&t, &b)| match t {
+                    t if t == b && t.is_finite() => 1.0,
+                    t if t.is_finite() => t / b,
+                    _ => f64::INFINITY,
+                })
                 .collect()
         })
         .collect()
@@ -132,6 +137,11 @@ mod tests {
         assert_eq!(r, vec![vec![1.0], vec![1.0], vec![4.0], vec![5.0]]);
         let s: Vec<f64> = r.iter().map(|r| score(r)).collect();
         assert_eq!(s, vec![1.0, 1.0, 0.0, 0.0]);
+        // A target met before any training (0 s) is the fastest, not 0/0.
+        assert_eq!(
+            ratios(&[vec![0.0], vec![0.0], vec![3.0]])[..2],
+            [vec![1.0], vec![1.0]]
+        );
     }
 
     #[test]

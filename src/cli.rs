@@ -388,7 +388,7 @@ struct TrainArgs {
     /// Warm-up as a fraction of --max-steps, rounded to whole steps (instead of
     /// --warmup-steps; studies search it so that it scales with each workload's budget).
     #[arg(long, conflicts_with = "warmup_steps", help_heading = "Schedule")]
-    warmup_frac: Option<f32>,
+    warmup_frac: Option<f64>,
     /// Fraction of the run at the end over which learning rates decay linearly [default: 0.4
     /// (speedrun), 1 (gpt2); 0 with sf-adamw].
     #[arg(long, help_heading = "Schedule")]
@@ -949,7 +949,7 @@ impl TrainArgs {
             );
         }
         let warmup_of_frac =
-            (self.warmup_frac).map(|f| (f64::from(f) * self.max_steps as f64).round() as usize);
+            (self.warmup_frac).map(|f| (f * self.max_steps as f64).round() as usize);
         let schedule = Schedule {
             warmup_steps: self.warmup_steps.or(warmup_of_frac).unwrap_or(warmup),
             cooldown_frac: self.cooldown_frac.unwrap_or(cooldown),
@@ -1020,8 +1020,13 @@ impl TrainArgs {
             "node {} of {}: meeting the others at {}",
             spec.node_rank, spec.nodes, spec.rendezvous
         );
-        // Nodes must run the same build with the same settings.
-        let run = format!("{GIT_COMMIT} {}", serde_json::to_string(config)?);
+        // Nodes must run the same build with the same settings and checkpoint at the same
+        // steps (saving is a collective); where they start is checked once they have met.
+        let run = format!(
+            "{GIT_COMMIT} {} checkpoint every {}",
+            serde_json::to_string(config)?,
+            options.checkpoint_every
+        );
         let comm = TcpComm::rendezvous(&spec, &run)?;
         train_on(new_backend(device)?.as_mut(), config, options, &comm)
     }

@@ -68,6 +68,8 @@ pub struct Record {
     pub target_loss: Option<f64>,
     /// Training seconds until the first validation at or below the target.
     pub time_to_target: Option<f64>,
+    /// The last validation loss; NaN (written as null) for a run that diverged before any.
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_val_loss: f64,
     pub train_seconds: f64,
     pub peak_memory_bytes: u64,
@@ -98,6 +100,11 @@ pub struct TrialTag {
     pub trial: usize,
     /// Training flag (without "--") → the value drawn for it.
     pub hparams: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// JSON has no NaN: serde_json writes it as null, and this reads null back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 fn one_rank() -> usize {
@@ -418,7 +425,7 @@ pub fn train_table(records: &[Record]) -> String {
             "matrices"
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1}M | {} | {} | {} | {} | {} | {:.1}M | {} | {} | {:.4} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.1}M | {} | {} | {} | {} | {} | {:.1}M | {} | {} | {} | {} | {:.0} |\n",
             r.date.get(..10).unwrap_or(&r.date),
             r.run_id,
             r.arch,
@@ -432,7 +439,10 @@ pub fn train_table(records: &[Record]) -> String {
             r.tokens as f64 / 1e6,
             target,
             reached,
-            r.final_val_loss,
+            match r.diverged_at {
+                Some(step) => format!("diverged at step {step}"),
+                None => format!("{:.4}", r.final_val_loss),
+            },
             seconds(r.train_seconds),
             r.tokens_per_second,
         ));

@@ -400,12 +400,17 @@ pub fn write(study: &str, trials: &[Record], out: &Path, log_x: bool) -> Result<
             ("tokens", "training tokens", |p| p.tokens as f64),
         ];
         for (what, x_label, x) in axes {
+            let series = curves(workload, x);
+            if series.iter().all(|s| s.points.is_empty()) {
+                // Every best trial diverged before its first validation: no curve to draw.
+                continue;
+            }
             let title = format!("{study}, {}: best trial of each optimizer", workload.name);
             let plot = LinePlot {
                 title: &title,
                 x_label,
                 y_label: "validation loss",
-                series: curves(workload, x),
+                series,
                 log_x,
                 hlines: target.clone(),
                 ..LinePlot::default()

@@ -5,7 +5,8 @@
 //! training run whose record carries its [`TrialTag`].
 //!
 //! Trial i of every optimizer takes the i-th point of the same quasi-random (Halton) sequence,
-//! mapped through that optimizer's own search space, so no optimizer is luckier in its draws.
+//! mapped through that optimizer's own search space (one coordinate per flag, the same for
+//! every optimizer that searches it), so no optimizer is luckier in its draws.
 //! With `studies = N` the whole search is repeated N times with different model seeds; AlgoPerf
 //! scores by the median over studies of each study's fastest trial ([`crate::algoperf`]).
 
@@ -115,7 +116,7 @@ pub enum Distribution {
 
 /// Rounds to 4 significant digits: the values print as written and re-parse exactly.
 fn round_significant(x: f64) -> f64 {
-    if x == 0.0 || !x.is_finite() {
+    if !x.is_normal() {
         return x;
     }
     let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
@@ -144,6 +145,10 @@ impl Distribution {
             }
             Distribution::IntUniform([lo, hi]) => {
                 ensure!(lo <= hi, "bounds [{lo}, {hi}] must have lo ≤ hi");
+                ensure!(
+                    hi.checked_sub(*lo).and_then(|d| d.checked_add(1)).is_some(),
+                    "bounds [{lo}, {hi}] span more integers than fit in 64 bits"
+                );
                 Ok(())
             }
             Distribution::Choice(values) => {
@@ -352,10 +357,19 @@ impl StudyFile {
         optimizer: &OptimizerSpec,
         trial: usize,
     ) -> Trial {
-        let point = halton_point(trial, optimizer.search.len(), self.search_seed);
+        // One coordinate per flag any optimizer searches, in alphabetical order: a flag draws
+        // from the same coordinate in every optimizer.
+        let mut flags: Vec<&String> = (self.optimizers.iter())
+            .flat_map(|o| o.search.keys())
+            .collect();
+        flags.sort();
+        flags.dedup();
+        let point = halton_point(trial, flags.len(), self.search_seed);
         let hparams: BTreeMap<String, Value> = (optimizer.search.iter())
-            .zip(point)
-            .map(|((flag, distribution), u)| (flag.clone(), distribution.sample(u)))
+            .map(|(flag, distribution)| {
+                let coordinate = flags.binary_search(&flag).unwrap_or_default();
+                (flag.clone(), distribution.sample(point[coordinate]))
+            })
             .collect();
         let mut args: Vec<String> = (self.args.iter())
             .chain(&workload.args)
@@ -527,14 +541,16 @@ mod tests {
                 .unwrap()
         };
         for i in 0..4 {
-            // Search keys are sorted: adamw's first dimension is adam-beta2 and muon's is lr,
-            // so both come from coordinate 0 of point i, and adamw's lr from coordinate 1.
-            let u = halton_point(i, 3, 0);
+            // One coordinate per flag of either search, sorted: adam-beta2, lr, ns-coeffs,
+            // ns-steps, weight-decay; lr is coordinate 1 for both optimizers.
+            let u = halton_point(i, 5, 0);
             let (adamw, muon) = (&find("adamw", i).tag.hparams, &find("muon", i).tag.hparams);
             let space = |o: usize, key: &str| &study.optimizers[o].search[key];
             assert_eq!(adamw["adam-beta2"], space(0, "adam-beta2").sample(u[0]));
-            assert_eq!(muon["lr"], space(1, "lr").sample(u[0]));
             assert_eq!(adamw["lr"], space(0, "lr").sample(u[1]));
+            assert_eq!(muon["lr"], space(1, "lr").sample(u[1]));
+            assert_eq!(muon["ns-steps"], space(1, "ns-steps").sample(u[3]));
+            assert_eq!(adamw["weight-decay"], space(0, "weight-decay").sample(u[4]));
         }
         // Studies repeat the same draws with the next seed.
         let t0 = &trials[0];

@@ -249,3 +249,49 @@ fn the_committed_study_files_plan_and_their_records_match_them() {
         }
     }
 }
+
+#[test]
+fn a_diverging_trial_is_recorded_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    make_data(p);
+    // Validation only at the end: SGD at an absurd rate diverges before its first one (on
+    // gpt2, whose LayerNorm gains and unbounded logits let the loss overflow).
+    let workload = r#"
+[[workloads]]
+name = "w"
+args = ["--arch", "gpt2", "--max-steps", "12", "--val-every", "0", "--target-loss", "3.5"]
+"#;
+    let optimizers = r#"
+[[optimizers]]
+name = "adamw"
+args = ["--optimizer", "adamw", "--optimizer-all"]
+
+[[optimizers]]
+name = "sgd"
+args = ["--optimizer", "sgd", "--optimizer-all", "--lr", "1e30"]
+"#;
+    std::fs::write(p.join("t.toml"), study_file(1, workload, optimizers)).unwrap();
+    succeed(p, &["study", "run", "t.toml"]);
+    let runs = records(&p.join("records/t.jsonl"));
+    let sgd = runs
+        .iter()
+        .find(|r| r["trial"]["optimizer"] == "sgd")
+        .unwrap();
+    assert!(sgd["diverged_at"].as_u64().unwrap() < 12, "{sgd}");
+    assert!(sgd["final_val_loss"].is_null() && sgd["time_to_target"].is_null());
+    // The log still reads: the study is done, and the report and table show the divergence.
+    let (plan, _) = succeed(p, &["study", "plan", "t.toml"]);
+    assert_eq!(plan.matches("| done |").count(), 2, "{plan}");
+    let (table, _) = succeed(p, &["records", "--file", "records/t.jsonl"]);
+    assert!(table.contains("| diverged at step "), "{table}");
+    succeed(
+        p,
+        &["report", "--records", "records/t.jsonl", "--out", "report"],
+    );
+    let md = std::fs::read_to_string(p.join("report/report.md")).unwrap();
+    assert!(
+        md.contains("| sgd | study 0 trial 0 | defaults | not reached | - | - | diverged at step "),
+        "{md}"
+    );
+}

@@ -112,9 +112,17 @@ fn write_values(w: &mut impl Write, values: &[f32]) -> std::io::Result<()> {
     w.write_all(bytemuck::cast_slice(values))
 }
 
+/// Most values one message may carry (64 GiB): a bad length must not become an allocation.
+const MAX_VALUES: u64 = 1 << 34;
+
 fn read_values(r: &mut impl Read) -> std::io::Result<Vec<f32>> {
-    let len = read_u64(r)? as usize;
-    let mut bytes = vec![0u8; len * 4];
+    let len = read_u64(r)?;
+    if len > MAX_VALUES {
+        return Err(std::io::Error::other(format!(
+            "a message of {len} values: not a speedrun peer, or a corrupt stream"
+        )));
+    }
+    let mut bytes = vec![0u8; len as usize * 4];
     r.read_exact(&mut bytes)?;
     Ok(bytemuck::pod_collect_to_vec(&bytes))
 }
@@ -355,7 +363,16 @@ impl Comm for TcpComm {
         if self.rank == 0 {
             slots.push(data.to_vec());
             for (i, link) in links.iter_mut().enumerate() {
-                slots.push(read_values(&mut link.reader).map_err(|e| lost(i + 1, e))?);
+                let values = read_values(&mut link.reader).map_err(|e| lost(i + 1, e))?;
+                // Every collective has each rank send as many values as the others.
+                ensure!(
+                    values.len() == data.len(),
+                    "node {} sent {} values where node 0 has {}: the nodes are out of step",
+                    i + 1,
+                    values.len(),
+                    data.len()
+                );
+                slots.push(values);
             }
             for (i, link) in links.iter_mut().enumerate() {
                 let sent: std::io::Result<()> = (slots.iter())

@@ -557,7 +557,7 @@ pub fn exchange_params(backend: &mut dyn Backend, params: Tensor, comm: &dyn Com
     backend.write(params, &all)
 }
 
-/// `a ∩ b`, empty ranges moved to `a.start`.
+/// `a ∩ b`; an empty intersection is an empty range within `a`.
 fn intersect(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
     let start = a.start.max(b.start).min(a.end);
     start..a.end.min(b.end).max(start)

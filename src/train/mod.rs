@@ -440,6 +440,21 @@ fn train_rank(
         None
     };
 
+    // Every rank must start where rank 0 does (the same checkpoint, or none).
+    for (what, value) in [
+        ("step", run.step),
+        ("data shard", run.loader.shard),
+        ("data offset", run.loader.offset),
+        ("data epoch", run.loader.epoch),
+    ] {
+        let lead_value = comm.broadcast_f64(value as f64, 0)?;
+        ensure!(
+            lead_value == value as f64,
+            "rank {} starts at {what} {value} where rank 0 starts at {lead_value}: resume every \
+             rank from the same checkpoint",
+            comm.rank()
+        );
+    }
     let tokens_per_step = config.batch_tokens() as u64;
     let (mut inputs, mut targets) = (Vec::new(), Vec::new());
     let progress = lead.then(|| Progress::new(config.max_steps, run.step, options.log_every));
@@ -461,10 +476,12 @@ fn train_rank(
         let last = step >= config.max_steps;
         let evaluated = run.eval_curve.last().is_some_and(|p| p.step == step);
         if !evaluated && (last || (config.val_every > 0 && step.is_multiple_of(config.val_every))) {
-            let val_loss = match &val {
-                Some(val) => optimizer.with_eval_weights(backend, |b| evaluate(b, &model, val))?,
-                None => f64::NAN,
-            };
+            // Every rank puts its evaluation weights in and back (Schedule-Free's round trip
+            // is not exact), so that the replicas stay identical; rank 0 evaluates.
+            let val_loss = optimizer.with_eval_weights(backend, |b| match &val {
+                Some(val) => evaluate(b, &model, val),
+                None => Ok(f64::NAN),
+            })?;
             let val_loss = comm.broadcast_f64(val_loss, 0)?;
             if !val_loss.is_finite() {
                 diverged_at = diverged(step, "validation", val_loss)?;
@@ -551,9 +568,17 @@ fn train_rank(
             save_checkpoint(options, backend, &model, &mut optimizer, &run, comm)?;
         }
         // Rank 0 decides, so that every rank stops after the same step.
+        // After the last step the loop validates and ends by itself: no checkpoint of a run
+        // that cannot be resumed.
         let stop = STOP_REQUESTED.load(Ordering::Relaxed);
-        if comm.broadcast_f64(f64::from(u8::from(stop)), 0)? != 0.0 {
+        if comm.broadcast_f64(f64::from(u8::from(stop)), 0)? != 0.0 && run.step < config.max_steps {
             let path = save_checkpoint(options, backend, &model, &mut optimizer, &run, comm)?;
+            if !lead {
+                bail!(
+                    "interrupted after step {}; node 0 saved the checkpoint",
+                    run.step
+                );
+            }
             bail!(
                 "interrupted after step {}; continue with the same flags and --resume {}",
                 run.step,
