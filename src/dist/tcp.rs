@@ -194,9 +194,15 @@ impl TcpComm {
             vec![Self::join(spec, address, run_digest, deadline)?]
         };
         for link in &links {
-            // Collectives wait as long as the slowest rank's step; a peer that dies closes
-            // its connection, which ends the wait.
+            // Collectives wait as long as the slowest rank's step. A peer process that dies
+            // closes its connection, which ends the wait; a peer machine that vanishes stops
+            // answering keepalive probes, which ends it within about two minutes.
             link.stream().set_read_timeout(None)?;
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(6);
+            socket2::SockRef::from(link.stream()).set_tcp_keepalive(&keepalive)?;
         }
         Ok(TcpComm {
             rank: spec.node_rank,
@@ -452,10 +458,13 @@ mod tests {
                 let mut gathered = [0.0; 3];
                 c.all_gather(&[c.rank() as f32], &mut gathered).unwrap();
                 let x = c.broadcast_f64(1.0 / (3.0 + c.rank() as f64), 2).unwrap();
-                (sum, gathered, x)
+                let keepalive = (c.links().iter())
+                    .all(|l| socket2::SockRef::from(l.stream()).keepalive().unwrap());
+                (sum, gathered, x, keepalive)
             },
         );
-        for (sum, gathered, x) in out {
+        for (sum, gathered, x, keepalive) in out {
+            assert!(keepalive, "dead machines are detected by keepalive probes");
             assert_eq!(sum, vec![6.0, 30.0]);
             assert_eq!(gathered, [0.0, 1.0, 2.0]);
             assert_eq!(x, 0.2);
