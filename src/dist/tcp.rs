@@ -15,6 +15,8 @@ use super::Comm;
 
 /// The first bytes every connection sends: the protocol and its version.
 const MAGIC: &[u8; 8] = b"SPDRUN1\n";
+/// How long node 0 waits for a new connection to say who it is.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
 /// How long to wait between attempts to reach node 0, which may not be listening yet.
 const RETRY: Duration = Duration::from_millis(200);
 
@@ -255,7 +257,9 @@ impl TcpComm {
                 Err(e) => return Err(e).context("rendezvous: accepting a connection"),
             };
             stream.set_nonblocking(false)?;
-            stream.set_read_timeout(Some(left(deadline, || "rendezvous timed out".into())?))?;
+            // A node says who it is at once; a silent client must not hold up the others.
+            let wait = left(deadline, || "rendezvous timed out".into())?;
+            stream.set_read_timeout(Some(wait.min(HELLO_WAIT)))?;
             let mut link = Link::new(stream)?;
             let mut theirs = vec![0u8; MAGIC.len() + 24];
             if link.reader.read_exact(&mut theirs).is_err() || !theirs.starts_with(MAGIC) {
