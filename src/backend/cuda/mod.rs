@@ -13,6 +13,7 @@
 pub mod check;
 pub mod kernels;
 pub mod launch;
+pub mod matmul;
 pub mod nvrtc;
 
 use std::sync::Arc;
