@@ -14,6 +14,7 @@ pub mod check;
 pub mod kernels;
 pub mod launch;
 pub mod matmul;
+pub mod newton_schulz;
 pub mod nvrtc;
 
 use std::sync::Arc;
