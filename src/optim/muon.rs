@@ -50,10 +50,20 @@ impl NsCoefficients {
         }
     }
 
-    fn at(self, step: usize) -> (f32, f32, f32) {
+    /// The (a, b, c) of step `step` (0-based); Polar Express defines `max_steps` of them.
+    pub(crate) fn at(self, step: usize) -> (f32, f32, f32) {
         match self {
             NsCoefficients::Quintic => NS_COEFFICIENTS,
             NsCoefficients::Polar => POLAR_EXPRESS_COEFFICIENTS[step],
+        }
+    }
+
+    /// How each matrix is normalised before the first step: `X ← (X/(‖X‖_F + eps))·scale`.
+    pub(crate) fn normalisation(self) -> (f32, f32) {
+        match self {
+            NsCoefficients::Quintic => (NS_EPS, 1.0),
+            // X/(s·‖X‖ + ε) = (X/(‖X‖ + ε/s))/s.
+            NsCoefficients::Polar => (POLAR_EPS / POLAR_SAFETY, 1.0 / POLAR_SAFETY),
         }
     }
 }
@@ -125,13 +135,10 @@ pub fn newton_schulz(
         alpha,
         beta,
     };
-    match coefficients {
-        NsCoefficients::Quintic => backend.normalize_frobenius(x, count, NS_EPS)?,
-        NsCoefficients::Polar => {
-            // X/(s·‖X‖ + ε) = (X/(‖X‖ + ε/s))/s.
-            backend.normalize_frobenius(x, count, POLAR_EPS / POLAR_SAFETY)?;
-            backend.scale(x, 1.0 / POLAR_SAFETY)?;
-        }
+    let (eps, scale) = coefficients.normalisation();
+    backend.normalize_frobenius(x, count, eps)?;
+    if scale != 1.0 {
+        backend.scale(x, scale)?;
     }
     let (mut current, mut other) = (x, next);
     for step in 0..steps {

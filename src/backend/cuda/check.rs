@@ -6,8 +6,9 @@
 //! measures the kernel (and the rounding of its output), not the input rounding. Tolerances:
 //! 1e-2 for tensors stored in bf16, 1e-4 for f32 ones.
 //!
-//! Not yet run on a GPU. Not yet here: the matrix products, attention, Newton–Schulz, and the
-//! comparison of one whole training step.
+//! The cuBLASLt matrix products and Newton–Schulz are compared in check_matmul.rs.
+//!
+//! Not yet run on a GPU. Not yet here: attention and the comparison of one whole training step.
 
 use anyhow::{Result, bail};
 use cudarc::driver::CudaSlice;
@@ -24,6 +25,10 @@ use crate::backend::{
     AttentionShape, Backend, BufferKind, ElementwiseRule, IGNORE_TARGET, Tensor, WeightDecay,
 };
 use crate::model::gpt::rope_table;
+
+// A child, to use the private Check and its helpers.
+#[path = "check_matmul.rs"]
+mod check_matmul;
 
 pub const BF16_TOLERANCE: f64 = 1e-2;
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -134,6 +139,7 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     check.cross_entropy::<bf16>()?;
     check.adam()?;
     check.sum_squares()?;
+    check.matmul()?;
     print!("{}", table(&check.comparisons));
     let failed = check.comparisons.iter().filter(|c| !c.passed()).count();
     if failed > 0 {

@@ -33,6 +33,7 @@ pub const SOURCES: &[Source] = kernel_sources![
     "activation.cu",
     "embedding.cu",
     "loss.cu",
+    "newton_schulz.cu",
     "norm.cu",
     "optim.cu",
     "reduce.cu",

@@ -233,6 +233,11 @@ const ADAM_UPDATE: Kernel = plain(
 );
 const SUM_SQUARES_PARTIAL: Kernel = plain("reduce.cu", "sum_squares_partial", &[B64, B64, B64]);
 const SUM_PARTIALS: Kernel = plain("reduce.cu", "sum_partials", &[B64, B64, B32]);
+const FROBENIUS_NORMALIZE: Kernel = plain(
+    "newton_schulz.cu",
+    "frobenius_normalize",
+    &[B64, B64, F32, F32],
+);
 
 /// Every kernel the launchers call; a test checks it against what kernels/ compiles to.
 pub const KERNELS: &[Kernel] = &[
@@ -256,6 +261,7 @@ pub const KERNELS: &[Kernel] = &[
     ADAM_UPDATE,
     SUM_SQUARES_PARTIAL,
     SUM_PARTIALS,
+    FROBENIUS_NORMALIZE,
 ];
 
 /// A loaded kernel with its declared parameters.
@@ -984,6 +990,35 @@ impl Kernels {
         // SAFETY: matches sum_partials; one thread reads `count` partials and writes one double.
         unsafe { launch.launch(one_thread) }?;
         Ok(self.stream.clone_dtoh(&total)?[0])
+    }
+
+    /// `x[m] ← (x[m]/(‖x[m]‖_F + eps))·scale` for each of the `count` equal parts of `x`.
+    pub fn frobenius_normalize(
+        &self,
+        x: &mut CudaSlice<f32>,
+        count: usize,
+        eps: f32,
+        scale: f32,
+    ) -> Result<()> {
+        ensure!(count > 0, "no matrices to normalise");
+        let size = row_count("normalised matrices", x.len(), count)?;
+        let kernel = self.plain(FROBENIUS_NORMALIZE)?;
+        let size64 = size as i64;
+        let mut launch = kernel.args(&self.stream);
+        launch.buf(x).long(&size64).float(&eps).float(&scale);
+        let config = LaunchConfig {
+            grid_dim: (
+                u32::try_from(count).context("too many matrices for one launch")?,
+                1,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: matches frobenius_normalize; one block per matrix of `size` floats, and x
+        // holds count·size.
+        unsafe { launch.launch(config) }?;
+        Ok(())
     }
 }
 

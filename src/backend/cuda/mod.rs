@@ -13,6 +13,8 @@
 pub mod check;
 pub mod kernels;
 pub mod launch;
+pub mod matmul;
+pub mod newton_schulz;
 pub mod nvrtc;
 
 use std::sync::Arc;
