@@ -6,7 +6,8 @@
 //! measures the kernel (and the rounding of its output), not the input rounding. Tolerances:
 //! 1e-2 for tensors stored in bf16, 1e-4 for f32 ones.
 //!
-//! The cuBLASLt matrix products and Newton–Schulz are compared in check_matmul.rs.
+//! The cuBLASLt matrix products and Newton–Schulz are compared in check_matmul.rs, the
+//! element-wise optimizer rules other than Adam in check_optim.rs.
 //!
 //! Not yet run on a GPU. Not yet here: attention and the comparison of one whole training step.
 
@@ -29,6 +30,8 @@ use crate::model::gpt::rope_table;
 // A child, to use the private Check and its helpers.
 #[path = "check_matmul.rs"]
 mod check_matmul;
+#[path = "check_optim.rs"]
+mod check_optim;
 
 pub const BF16_TOLERANCE: f64 = 1e-2;
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -138,6 +141,7 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     check.cross_entropy::<f32>()?;
     check.cross_entropy::<bf16>()?;
     check.adam()?;
+    check.optimizers()?;
     check.sum_squares()?;
     check.matmul()?;
     print!("{}", table(&check.comparisons));

@@ -231,6 +231,26 @@ const ADAM_UPDATE: Kernel = plain(
         B64, B64, B64, B64, B64, B64, F32, F32, F32, F32, F32, F32, F32, B32,
     ],
 );
+const SGD_UPDATE: Kernel = plain(
+    "optim.cu",
+    "sgd_update",
+    &[B64, B64, B64, B64, B64, F32, F32, F32, F32, B32, B32],
+);
+const ADAGRAD_UPDATE: Kernel = plain(
+    "optim.cu",
+    "adagrad_update",
+    &[B64, B64, B64, B64, B64, F32, F32, F32],
+);
+const RMSPROP_UPDATE: Kernel = plain(
+    "optim.cu",
+    "rmsprop_update",
+    &[B64, B64, B64, B64, B64, B64, B64, F32, F32, F32, F32, F32],
+);
+const ADADELTA_UPDATE: Kernel = plain(
+    "optim.cu",
+    "adadelta_update",
+    &[B64, B64, B64, B64, B64, B64, F32, F32, F32, F32],
+);
 const SUM_SQUARES_PARTIAL: Kernel = plain("reduce.cu", "sum_squares_partial", &[B64, B64, B64]);
 const SUM_PARTIALS: Kernel = plain("reduce.cu", "sum_partials", &[B64, B64, B32]);
 const FROBENIUS_NORMALIZE: Kernel = plain(
@@ -259,6 +279,10 @@ pub const KERNELS: &[Kernel] = &[
     EMBEDDING_BACKWARD_POSITIONS,
     SOFTMAX_CROSS_ENTROPY,
     ADAM_UPDATE,
+    SGD_UPDATE,
+    ADAGRAD_UPDATE,
+    RMSPROP_UPDATE,
+    ADADELTA_UPDATE,
     SUM_SQUARES_PARTIAL,
     SUM_PARTIALS,
     FROBENIUS_NORMALIZE,
@@ -297,6 +321,17 @@ impl<'a> Launch<'a> {
         self.args.arg(buffer);
         self.pushed.push(B64);
         self
+    }
+
+    /// An optional buffer: its address, or null where it is absent.
+    fn maybe<A>(&mut self, buffer: Option<A>) -> &mut Self
+    where
+        LaunchArgs<'a>: PushKernelArg<A>,
+    {
+        match buffer {
+            Some(buffer) => self.buf(buffer),
+            None => self.null(),
+        }
     }
 
     /// A null pointer, for an optional buffer that is absent.
@@ -959,6 +994,160 @@ impl Kernels {
         // SAFETY: matches adam_update; every buffer holds n elements (or the copy is null).
         unsafe { launch.launch(elementwise(n)) }?;
         Ok(())
+    }
+
+    /// One step of any [`ElementwiseRule`] but Schedule-Free over a flat range, with `state`
+    /// as [`ElementwiseRule::state_names`] orders it; with `param_bf16` the new weights are
+    /// also written there in bf16. The rule's scalars go to the kernel as they are, so both
+    /// sides compute from the same f32 values.
+    pub fn elementwise_update(
+        &self,
+        rule: ElementwiseRule,
+        param: &mut CudaSlice<f32>,
+        grad: &CudaSlice<f32>,
+        state: &mut [CudaSlice<f32>],
+        param_bf16: Option<&mut CudaSlice<bf16>>,
+    ) -> Result<()> {
+        let names = rule.state_names();
+        ensure!(
+            state.len() == names.len(),
+            "{rule:?} takes {} state tensors ({}), not {}",
+            names.len(),
+            names.join(", "),
+            state.len()
+        );
+        let n = param.len();
+        expect_len("optimizer gradient", grad.len(), n)?;
+        for (name, s) in names.iter().zip(state.iter()) {
+            expect_len(&format!("optimizer state {name}"), s.len(), n)?;
+        }
+        if let Some(copy) = &param_bf16 {
+            expect_len("bf16 parameter copy", copy.len(), n)?;
+        }
+        let n64 = n as i64;
+        match (rule, state) {
+            (ElementwiseRule::Adam { .. }, [m, v]) => {
+                self.adam_update(rule, param, grad, m, v, param_bf16)
+            }
+            (
+                ElementwiseRule::Sgd {
+                    lr,
+                    momentum,
+                    dampening,
+                    nesterov,
+                    weight_decay,
+                    first_step,
+                },
+                state,
+            ) => {
+                // The buffer exists exactly when momentum ≠ 0 (checked above): null tells the
+                // kernel to step without one.
+                let buffer = state.first_mut();
+                let (nesterov, first_step) = (i32::from(nesterov), i32::from(first_step));
+                let kernel = self.plain(SGD_UPDATE)?;
+                let mut launch = kernel.args(&self.stream);
+                launch
+                    .buf(param)
+                    .buf(grad)
+                    .maybe(buffer)
+                    .maybe(param_bf16)
+                    .long(&n64)
+                    .float(&lr)
+                    .float(&momentum)
+                    .float(&dampening)
+                    .float(&weight_decay)
+                    .int(&nesterov)
+                    .int(&first_step);
+                // SAFETY: matches sgd_update; every buffer holds n elements (or is null).
+                unsafe { launch.launch(elementwise(n)) }
+            }
+            (
+                ElementwiseRule::Adagrad {
+                    lr,
+                    eps,
+                    weight_decay,
+                },
+                [sum],
+            ) => {
+                let kernel = self.plain(ADAGRAD_UPDATE)?;
+                let mut launch = kernel.args(&self.stream);
+                launch
+                    .buf(param)
+                    .buf(grad)
+                    .buf(sum)
+                    .maybe(param_bf16)
+                    .long(&n64)
+                    .float(&lr)
+                    .float(&eps)
+                    .float(&weight_decay);
+                // SAFETY: matches adagrad_update; every buffer holds n elements (or is null).
+                unsafe { launch.launch(elementwise(n)) }
+            }
+            (
+                ElementwiseRule::Rmsprop {
+                    lr,
+                    alpha,
+                    eps,
+                    weight_decay,
+                    momentum,
+                    centered,
+                },
+                [square_avg, rest @ ..],
+            ) => {
+                // The optional averages in state_names' order: grad_avg if centered, then the
+                // momentum buffer if momentum ≠ 0 (their count was checked above).
+                let mut rest = rest.iter_mut();
+                let grad_avg = if centered { rest.next() } else { None };
+                let buffer = if momentum != 0.0 { rest.next() } else { None };
+                let kernel = self.plain(RMSPROP_UPDATE)?;
+                let mut launch = kernel.args(&self.stream);
+                launch
+                    .buf(param)
+                    .buf(grad)
+                    .buf(square_avg)
+                    .maybe(grad_avg)
+                    .maybe(buffer)
+                    .maybe(param_bf16)
+                    .long(&n64)
+                    .float(&lr)
+                    .float(&alpha)
+                    .float(&eps)
+                    .float(&weight_decay)
+                    .float(&momentum);
+                // SAFETY: matches rmsprop_update; every buffer holds n elements (or is null).
+                unsafe { launch.launch(elementwise(n)) }
+            }
+            (
+                ElementwiseRule::Adadelta {
+                    lr,
+                    rho,
+                    eps,
+                    weight_decay,
+                },
+                [square_avg, acc_delta],
+            ) => {
+                let kernel = self.plain(ADADELTA_UPDATE)?;
+                let mut launch = kernel.args(&self.stream);
+                launch
+                    .buf(param)
+                    .buf(grad)
+                    .buf(square_avg)
+                    .buf(acc_delta)
+                    .maybe(param_bf16)
+                    .long(&n64)
+                    .float(&lr)
+                    .float(&rho)
+                    .float(&eps)
+                    .float(&weight_decay);
+                // SAFETY: matches adadelta_update; every buffer holds n elements (or is null).
+                unsafe { launch.launch(elementwise(n)) }
+            }
+            (ElementwiseRule::ScheduleFree { .. }, _) => {
+                bail!("Schedule-Free has no GPU kernel yet")
+            }
+            // Unreachable after the state count check; an error rather than a panic all the same.
+            (rule, state) => bail!("{rule:?} with {} state tensors", state.len()),
+        }
     }
 
     /// `Σ x²` in a fixed order (the square of the global gradient norm).
