@@ -79,6 +79,29 @@ pub trait Comm: Sync {
         Ok(())
     }
 
+    /// Every rank's piece, concatenated in rank order, where rank r's piece holds `lens[r]`
+    /// values (`piece` is this rank's). The pieces travel padded to the longest, since
+    /// collectives move equal lengths.
+    fn gather_pieces(&self, piece: &[f32], lens: &[usize]) -> Result<Vec<f32>> {
+        ensure!(
+            lens.len() == self.size() && lens[self.rank()] == piece.len(),
+            "a piece of {} values where rank {} of {} should have {:?}",
+            piece.len(),
+            self.rank(),
+            self.size(),
+            lens.get(self.rank())
+        );
+        let chunk = lens.iter().copied().max().unwrap_or(0);
+        let mut padded = piece.to_vec();
+        padded.resize(chunk, 0.0);
+        let mut all = vec![0.0; chunk * self.size()];
+        self.all_gather(&padded, &mut all)?;
+        Ok((lens.iter().enumerate())
+            .flat_map(|(r, &len)| &all[r * chunk..r * chunk + len])
+            .copied()
+            .collect())
+    }
+
     /// Rank `root`'s `value` on every rank, bit for bit (the decisions all ranks must agree on:
     /// a validation loss against the target, a stop request).
     fn broadcast_f64(&self, value: f64, root: usize) -> Result<f64> {
@@ -265,6 +288,10 @@ mod tests {
                 c.broadcast(&mut b, 2).unwrap();
                 let x = c.broadcast_f64(1.0 / (3.0 + c.rank() as f64), 1).unwrap();
                 assert_eq!(x, 0.25);
+                // Rank r's piece is r copies of r: pieces of 0 to 3 values, one empty.
+                let piece = vec![c.rank() as f32; c.rank()];
+                let pieces = c.gather_pieces(&piece, &[0, 1, 2, 3]).unwrap();
+                assert_eq!(pieces, [1.0, 2.0, 2.0, 3.0, 3.0, 3.0]);
                 (sum, chunk[0], gathered, b)
             });
             for (r, (sum, chunk, gathered, b)) in out.iter().enumerate() {

@@ -547,14 +547,12 @@ pub fn shard_of(len: usize, rank: usize, ranks: usize) -> Range<usize> {
 /// of the flat parameter buffer `params` (and the matrices every rank updates alike): each
 /// takes the others' shares.
 pub fn exchange_params(backend: &mut dyn Backend, params: Tensor, comm: &dyn Comm) -> Result<()> {
-    let chunk = params.len.div_ceil(comm.size());
+    let lens: Vec<usize> = (0..comm.size())
+        .map(|r| shard_of(params.len, r, comm.size()).len())
+        .collect();
     let mine = shard_of(params.len, comm.rank(), comm.size());
-    let mut values = backend.read(params.slice(mine.start, mine.len()))?;
-    values.resize(chunk, 0.0);
-    let mut all = vec![0.0; chunk * comm.size()];
-    comm.all_gather(&values, &mut all)?;
-    all.truncate(params.len);
-    backend.write(params, &all)
+    let mine = backend.read(params.slice(mine.start, mine.len()))?;
+    backend.write(params, &comm.gather_pieces(&mine, &lens)?)
 }
 
 /// `a ∩ b`; an empty intersection is an empty range within `a`.

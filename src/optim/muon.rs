@@ -259,15 +259,12 @@ impl GroupOptimizer for Muon {
                 )?;
             }
             if comm.size() > 1 {
-                // Shares padded to equal length; in rank order they are the matrices in order.
-                let share = set.count.div_ceil(comm.size()) * size;
-                let mut values =
-                    backend.read(update.slice(mine.start * size, mine.len() * size))?;
-                values.resize(share, 0.0);
-                let mut all = vec![0.0; share * comm.size()];
-                comm.all_gather(&values, &mut all)?;
-                all.truncate(set.len());
-                backend.write(update, &all)?;
+                // In rank order the shares are the matrices in order.
+                let lens: Vec<usize> = (0..comm.size())
+                    .map(|r| shard_of(set.count, r, comm.size()).len() * size)
+                    .collect();
+                let mine = backend.read(update.slice(mine.start * size, mine.len() * size))?;
+                backend.write(update, &comm.gather_pieces(&mine, &lens)?)?;
             }
             // Tall matrices get larger steps, so that the update's RMS stays comparable.
             let shape_scale = (rows as f32 / cols as f32).max(1.0).sqrt();

@@ -158,16 +158,8 @@ fn gather(backend: &mut dyn Backend, comm: &dyn Comm, part: &StatePart) -> Resul
         part.pieces.len(),
         comm.size()
     );
-    // Equal chunks for the all-gather: each rank's piece, padded to the longest.
-    let chunk = part.pieces.iter().map(Range::len).max().unwrap_or(0);
-    let mut padded = mine;
-    padded.resize(chunk, 0.0);
-    let mut all = vec![0.0; chunk * comm.size()];
-    comm.all_gather(&padded, &mut all)?;
-    Ok((part.pieces.iter().enumerate())
-        .flat_map(|(r, piece)| &all[r * chunk..r * chunk + piece.len()])
-        .copied()
-        .collect())
+    let lens: Vec<usize> = part.pieces.iter().map(Range::len).collect();
+    comm.gather_pieces(&mine, &lens)
 }
 
 /// Writes a checkpoint of the run. Every rank calls it (optimizer state split over ranks is
