@@ -103,6 +103,38 @@ pub enum WeightDecay {
     Decoupled,
 }
 
+/// What an Adam step ([`ElementwiseRule::Adam`]) computes once for all elements, in the
+/// precision of the backend that takes it: every backend computes these alike.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep<F> {
+    /// Weight decay added to the gradient (coupled; 0 when decoupled).
+    pub coupled: F,
+    /// The weights' factor before the step: 1 − lr·wd when decoupled, else 1.
+    pub keep: F,
+    /// lr over the first moment's bias correction.
+    pub step_size: F,
+    /// √ of the second moment's bias correction.
+    pub bias2_sqrt: F,
+}
+
+impl<F: num_traits::Float> AdamStep<F> {
+    /// `step` counts from 1.
+    pub fn new(lr: F, beta1: F, beta2: F, weight_decay: F, decay: WeightDecay, step: u32) -> Self {
+        let one = F::one();
+        let (coupled, keep) = match decay {
+            WeightDecay::Coupled => (weight_decay, one),
+            WeightDecay::Decoupled => (F::zero(), one - lr * weight_decay),
+        };
+        let step = i32::try_from(step).unwrap_or(i32::MAX);
+        AdamStep {
+            coupled,
+            keep,
+            step_size: lr / (one - beta1.powi(step)),
+            bias2_sqrt: (one - beta2.powi(step)).sqrt(),
+        }
+    }
+}
+
 /// One step of an element-wise optimizer over a flat range, with PyTorch's semantics (see each
 /// variant); every hyper-parameter is already scaled for this step. Coupled weight decay means
 /// `g ← g + wd·p` before the rule. The state tensors, each as long as the parameters, come in

@@ -3,7 +3,7 @@
 use rayon::prelude::*;
 
 use super::{CHUNK, Real, expect_len};
-use crate::backend::{BlockLayout, ElementwiseRule, WeightDecay};
+use crate::backend::{AdamStep, BlockLayout, ElementwiseRule};
 
 pub(super) fn fill<F: Real>(x: &mut [F], value: F) {
     x.par_chunks_mut(CHUNK).for_each(|x| x.fill(value));
@@ -179,14 +179,13 @@ pub(super) fn elementwise<F: Real>(
             nesterov,
             step,
         } => {
-            let (lr, beta1, beta2, eps) = (of(lr), of(beta1), of(beta2), of(eps));
-            let (coupled, keep) = match decay {
-                WeightDecay::Coupled => (of(weight_decay), one),
-                WeightDecay::Decoupled => (F::zero(), one - lr * of(weight_decay)),
-            };
-            let step = step as i32;
-            let step_size = lr / (one - beta1.powi(step));
-            let bias2_sqrt = (one - beta2.powi(step)).sqrt();
+            let (beta1, beta2, eps) = (of(beta1), of(beta2), of(eps));
+            let AdamStep {
+                coupled,
+                keep,
+                step_size,
+                bias2_sqrt,
+            } = AdamStep::new(of(lr), beta1, beta2, of(weight_decay), decay, step);
             par_update(param, grad, take(state), |p, g, [m, v]| {
                 let g = g + coupled * *p;
                 *m = beta1 * *m + (one - beta1) * g;

@@ -17,7 +17,7 @@ use half::bf16;
 use super::Gpu;
 use super::kernels::Param::{self, B32, B64, F32};
 use super::kernels::{Cache, SOURCES};
-use crate::backend::{AttentionShape, ElementwiseRule, IGNORE_TARGET, WeightDecay};
+use crate::backend::{AdamStep, AttentionShape, ElementwiseRule, IGNORE_TARGET};
 
 /// How an activation is stored on the GPU: the kernels come in an `_f32` and a `_bf16` version.
 pub trait Element: DeviceRepr + ValidAsZeroBits + Copy + Unpin + Send + Sync + 'static {
@@ -966,13 +966,12 @@ impl Kernels {
         if let Some(copy) = &param_bf16 {
             expect_len("bf16 parameter copy", copy.len(), n)?;
         }
-        let (coupled, keep) = match decay {
-            WeightDecay::Coupled => (weight_decay, 1.0f32),
-            WeightDecay::Decoupled => (0.0, 1.0 - lr * weight_decay),
-        };
-        let step = i32::try_from(step).unwrap_or(i32::MAX);
-        let step_size = lr / (1.0 - beta1.powi(step));
-        let bias2_sqrt = (1.0 - beta2.powi(step)).sqrt();
+        let AdamStep {
+            coupled,
+            keep,
+            step_size,
+            bias2_sqrt,
+        } = AdamStep::new(lr, beta1, beta2, weight_decay, decay, step);
         let (n64, nesterov) = (n as i64, i32::from(nesterov));
         let kernel = self.plain(ADAM_UPDATE)?;
         let mut launch = kernel.args(&self.stream);
