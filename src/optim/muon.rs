@@ -50,6 +50,17 @@ impl NsCoefficients {
         }
     }
 
+    /// Refuses more steps than the schedule defines.
+    pub(crate) fn check_steps(self, steps: usize) -> Result<()> {
+        if let Some(most) = self.max_steps() {
+            anyhow::ensure!(
+                steps <= most,
+                "{self:?} defines {most} Newton–Schulz steps, not {steps}"
+            );
+        }
+        Ok(())
+    }
+
     /// The (a, b, c) of step `step` (0-based); Polar Express defines `max_steps` of them.
     pub(crate) fn at(self, step: usize) -> (f32, f32, f32) {
         match self {
@@ -64,6 +75,48 @@ impl NsCoefficients {
             NsCoefficients::Quintic => (NS_EPS, 1.0),
             // X/(s·‖X‖ + ε) = (X/(‖X‖ + ε/s))/s.
             NsCoefficients::Polar => (POLAR_EPS / POLAR_SAFETY, 1.0 / POLAR_SAFETY),
+        }
+    }
+}
+
+/// The three products of one Newton–Schulz step with coefficients (a, b, c) on `count`
+/// matrices of `rows × cols`: A = X·Xᵀ (XᵀX when tall), then B = c·A·A + b·A (accumulating
+/// onto b·A), then X' = B·X + a·X (X·B + a·X when tall; accumulating onto a·X).
+pub(crate) struct NsProducts {
+    pub gram: Gemm,
+    pub poly: Gemm,
+    pub update: Gemm,
+    /// X' = X·B rather than B·X.
+    pub tall: bool,
+}
+
+impl NsProducts {
+    pub fn new(rows: usize, cols: usize, count: usize, (a, b, c): (f32, f32, f32)) -> Self {
+        let tall = rows > cols;
+        let (small, large) = (rows.min(cols), rows.max(cols));
+        let shape = |m, n, k, transpose_a, transpose_b, alpha, beta| Gemm {
+            batch: count,
+            m,
+            n,
+            k,
+            transpose_a,
+            transpose_b,
+            alpha,
+            beta,
+        };
+        NsProducts {
+            gram: shape(small, small, large, tall, !tall, 1.0, 0.0),
+            poly: shape(small, small, small, false, false, c, b),
+            update: shape(
+                rows,
+                cols,
+                if tall { cols } else { rows },
+                false,
+                false,
+                1.0,
+                a,
+            ),
+            tall,
         }
     }
 }
@@ -114,27 +167,11 @@ pub fn newton_schulz(
     coefficients: NsCoefficients,
     scratch: &NewtonSchulzScratch,
 ) -> Result<()> {
-    if let Some(most) = coefficients.max_steps() {
-        anyhow::ensure!(
-            steps <= most,
-            "{coefficients:?} defines {most} Newton–Schulz steps, not {steps}"
-        );
-    }
-    let tall = rows > cols;
-    let (small, large) = (rows.min(cols), rows.max(cols));
+    coefficients.check_steps(steps)?;
+    let small = rows.min(cols);
     let gram = scratch.gram.slice(0, count * small * small);
     let poly = scratch.poly.slice(0, count * small * small);
     let next = scratch.next.slice(0, count * rows * cols);
-    let shape = |m, n, k, transpose_a, transpose_b, alpha, beta| Gemm {
-        batch: count,
-        m,
-        n,
-        k,
-        transpose_a,
-        transpose_b,
-        alpha,
-        beta,
-    };
     let (eps, scale) = coefficients.normalisation();
     backend.normalize_frobenius(x, count, eps)?;
     if scale != 1.0 {
@@ -142,35 +179,17 @@ pub fn newton_schulz(
     }
     let (mut current, mut other) = (x, next);
     for step in 0..steps {
-        let (a, b, c) = coefficients.at(step);
-        // A = X·Xᵀ (or XᵀX when tall).
-        let gram_shape = shape(small, small, large, tall, !tall, 1.0, 0.0);
-        backend.gemm(gram, current, current, gram_shape)?;
-        // B = b·A + c·A·A.
+        let products = NsProducts::new(rows, cols, count, coefficients.at(step));
+        backend.gemm(gram, current, current, products.gram)?;
         backend.copy(poly, gram)?;
-        backend.gemm(
-            poly,
-            gram,
-            gram,
-            shape(small, small, small, false, false, c, b),
-        )?;
-        // X ← a·X + B·X (or X·B when tall).
+        backend.gemm(poly, gram, gram, products.poly)?;
         backend.copy(other, current)?;
-        if tall {
-            backend.gemm(
-                other,
-                current,
-                poly,
-                shape(rows, cols, cols, false, false, 1.0, a),
-            )?;
+        let (left, right) = if products.tall {
+            (current, poly)
         } else {
-            backend.gemm(
-                other,
-                poly,
-                current,
-                shape(rows, cols, rows, false, false, 1.0, a),
-            )?;
-        }
+            (poly, current)
+        };
+        backend.gemm(other, left, right, products.update)?;
         std::mem::swap(&mut current, &mut other);
     }
     if current != x {

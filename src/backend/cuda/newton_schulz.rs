@@ -12,8 +12,8 @@ use cudarc::driver::CudaSlice;
 
 use super::launch::Kernels;
 use super::matmul::Matmul;
-use crate::backend::Gemm;
 use crate::optim::NsCoefficients;
+use crate::optim::NsProducts;
 
 /// Scratch space for one batch shape: two Gram-sized buffers and one the size of the input.
 pub struct NewtonSchulz {
@@ -56,30 +56,13 @@ impl NewtonSchulz {
         steps: usize,
         coefficients: NsCoefficients,
     ) -> Result<()> {
-        if let Some(most) = coefficients.max_steps() {
-            ensure!(
-                steps <= most,
-                "{coefficients:?} defines {most} Newton–Schulz steps, not {steps}"
-            );
-        }
+        coefficients.check_steps(steps)?;
         let (rows, cols, count) = (self.rows, self.cols, self.count);
         ensure!(
             x.len() == count * rows * cols,
             "Newton–Schulz input of {} elements, not {count} matrices of {rows}×{cols}",
             x.len()
         );
-        let tall = rows > cols;
-        let (small, large) = (rows.min(cols), rows.max(cols));
-        let shape = |m, n, k, transpose_a, transpose_b, alpha, beta| Gemm {
-            batch: count,
-            m,
-            n,
-            k,
-            transpose_a,
-            transpose_b,
-            alpha,
-            beta,
-        };
         let (eps, scale) = coefficients.normalisation();
         kernels.frobenius_normalize(x, count, eps, scale)?;
         let Self {
@@ -88,20 +71,13 @@ impl NewtonSchulz {
         // X alternates between the caller's buffer and `next`.
         let (mut current, mut other) = (x, next);
         for step in 0..steps {
-            let (a, b, c) = coefficients.at(step);
-            // A = X·Xᵀ (or XᵀX when tall).
-            let gram_shape = shape(small, small, large, tall, !tall, 1.0, 0.0);
-            matmul.gemm(gram, current, current, None, gram_shape)?;
-            // B = c·A·A + b·A.
-            let poly_shape = shape(small, small, small, false, false, c, b);
-            matmul.gemm(poly, gram, gram, Some(gram), poly_shape)?;
-            // X' = X·B + a·X when tall, else B·X + a·X.
-            if tall {
-                let shape = shape(rows, cols, cols, false, false, 1.0, a);
-                matmul.gemm(other, current, poly, Some(current), shape)?;
+            let products = NsProducts::new(rows, cols, count, coefficients.at(step));
+            matmul.gemm(gram, current, current, None, products.gram)?;
+            matmul.gemm(poly, gram, gram, Some(gram), products.poly)?;
+            if products.tall {
+                matmul.gemm(other, current, poly, Some(current), products.update)?;
             } else {
-                let shape = shape(rows, cols, rows, false, false, 1.0, a);
-                matmul.gemm(other, poly, current, Some(current), shape)?;
+                matmul.gemm(other, poly, current, Some(current), products.update)?;
             }
             std::mem::swap(&mut current, &mut other);
         }
