@@ -65,6 +65,13 @@ args = ["--optimizer", "muon"]
 search.lr = { log_uniform = [1e-3, 1e-1] }
 "#;
 
+/// AdamW on every group at its defaults: no search.
+const ADAMW_DEFAULTS: &str = r#"
+[[optimizers]]
+name = "adamw"
+args = ["--optimizer", "adamw", "--optimizer-all"]
+"#;
+
 /// The records of the log, as JSON values.
 fn records(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -171,12 +178,7 @@ fn an_interrupted_trial_continues_from_its_checkpoint() {
 name = "w"
 args = ["--max-steps", "300", "--val-every", "100", "--target-loss", "0.0", "--checkpoint-every", "2"]
 "#;
-    let optimizer = r#"
-[[optimizers]]
-name = "adamw"
-args = ["--optimizer", "adamw", "--optimizer-all"]
-"#;
-    std::fs::write(p.join("t.toml"), study_file(1, workload, optimizer)).unwrap();
+    std::fs::write(p.join("t.toml"), study_file(1, workload, ADAMW_DEFAULTS)).unwrap();
     let trial_dir = p.join("checkpoints/studies/t/w/adamw/s0-t0");
     let child = Command::new(env!("CARGO_BIN_EXE_speedrun"))
         .args(["study", "run", "t.toml"])
@@ -262,16 +264,14 @@ fn a_diverging_trial_is_recorded_and_reported() {
 name = "w"
 args = ["--arch", "gpt2", "--max-steps", "12", "--val-every", "0", "--target-loss", "3.5"]
 "#;
-    let optimizers = r#"
-[[optimizers]]
-name = "adamw"
-args = ["--optimizer", "adamw", "--optimizer-all"]
-
+    let optimizers = format!(
+        r#"{ADAMW_DEFAULTS}
 [[optimizers]]
 name = "sgd"
 args = ["--optimizer", "sgd", "--optimizer-all", "--lr", "1e30"]
-"#;
-    std::fs::write(p.join("t.toml"), study_file(1, workload, optimizers)).unwrap();
+"#
+    );
+    std::fs::write(p.join("t.toml"), study_file(1, workload, &optimizers)).unwrap();
     succeed(p, &["study", "run", "t.toml"]);
     let runs = records(&p.join("records/t.jsonl"));
     let sgd = runs
