@@ -21,6 +21,7 @@ use rand_distr::{Distribution, StandardNormal};
 use super::Gpu;
 use super::kernels::Cache;
 use super::launch::{Activation, Element, Kernels};
+use super::view::ViewOf;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{
     AttentionShape, Backend, BufferKind, ElementwiseRule, IGNORE_TARGET, Tensor, WeightDecay,
@@ -224,8 +225,8 @@ impl Check<'_> {
         let n = ROWS * CHANNELS;
         let (a, b) = (self.random::<T>(n, 1.0), self.random::<T>(n, 1.0));
         let (ga, gb) = (self.up::<T>(&a)?, self.up::<T>(&b)?);
-        let mut out = self.kernels.stream().alloc_zeros::<T>(n)?;
-        self.kernels.add(&mut out, &ga, &gb)?;
+        let out = self.kernels.stream().alloc_zeros::<T>(n)?;
+        self.kernels.add(&out.view(), &ga.view(), &gb.view())?;
         let (ca, cb, cout) = (
             self.tensor(&a)?,
             self.tensor(&b)?,
@@ -238,9 +239,11 @@ impl Check<'_> {
         // b serves as the output gradient.
         for op in [Activation::Gelu, Activation::Relu2] {
             let name = op.name();
-            self.kernels.activation_forward(op, &mut out, &ga)?;
-            let mut dinp = self.kernels.stream().alloc_zeros::<T>(n)?;
-            self.kernels.activation_backward(op, &mut dinp, &gb, &ga)?;
+            self.kernels
+                .activation_forward(op, &out.view(), &ga.view())?;
+            let dinp = self.kernels.stream().alloc_zeros::<T>(n)?;
+            self.kernels
+                .activation_backward(op, &dinp.view(), &gb.view(), &ga.view())?;
             let cdinp = self.tensor(&vec![0.0; n])?;
             match op {
                 Activation::Gelu => {
@@ -278,23 +281,30 @@ impl Check<'_> {
         let gdout = self.up::<T>(&dout)?;
         let (gw, gb) = (self.up::<f32>(&weight)?, self.up::<f32>(&bias)?);
         let stream = self.kernels.stream().clone();
-        let mut out = stream.alloc_zeros::<T>(n)?;
-        let mut mean = stream.alloc_zeros::<f32>(rows)?;
-        let mut rstd = stream.alloc_zeros::<f32>(rows)?;
-        self.kernels
-            .layernorm_forward(&mut out, &mut mean, &mut rstd, &gx, &gw, &gb, c)?;
-        let mut dinp = self.up::<T>(&dinp0)?;
-        let mut dweight = self.up::<f32>(&dweight0)?;
-        let mut dbias = self.up::<f32>(&dbias0)?;
+        let out = stream.alloc_zeros::<T>(n)?;
+        let mean = stream.alloc_zeros::<f32>(rows)?;
+        let rstd = stream.alloc_zeros::<f32>(rows)?;
+        self.kernels.layernorm_forward(
+            &out.view(),
+            &mean.view(),
+            &rstd.view(),
+            &gx.view(),
+            &gw.view(),
+            &gb.view(),
+            c,
+        )?;
+        let dinp = self.up::<T>(&dinp0)?;
+        let dweight = self.up::<f32>(&dweight0)?;
+        let dbias = self.up::<f32>(&dbias0)?;
         self.kernels.layernorm_backward(
-            &mut dinp,
-            &mut dweight,
-            &mut dbias,
-            &gdout,
-            &gx,
-            &gw,
-            &mean,
-            &rstd,
+            &dinp.view(),
+            &dweight.view(),
+            &dbias.view(),
+            &gdout.view(),
+            &gx.view(),
+            &gw.view(),
+            &mean.view(),
+            &rstd.view(),
             c,
         )?;
 
@@ -326,10 +336,11 @@ impl Check<'_> {
             self.compare("layernorm_backward", tensor, dtype, &gpu, cpu)?;
         }
 
-        self.kernels.rmsnorm_forward(&mut out, &mut rstd, &gx, c)?;
-        let mut dinp = self.up::<T>(&dinp0)?;
         self.kernels
-            .rmsnorm_backward(&mut dinp, &gdout, &gx, &rstd, c)?;
+            .rmsnorm_forward(&out.view(), &rstd.view(), &gx.view(), c)?;
+        let dinp = self.up::<T>(&dinp0)?;
+        self.kernels
+            .rmsnorm_backward(&dinp.view(), &gdout.view(), &gx.view(), &rstd.view(), c)?;
         self.cpu.rmsnorm_forward(cout, crstd, cx, c)?;
         let cdinp = self.tensor(&dinp0)?;
         self.cpu.rmsnorm_backward(cdinp, cdout, cx, crstd, c)?;
@@ -356,13 +367,19 @@ impl Check<'_> {
         let dout = self.random::<T>(n, 1.0);
         let stream = self.kernels.stream().clone();
         let (gqkv, gdout) = (self.up::<T>(&qkv)?, self.up::<T>(&dout)?);
-        let mut out = stream.alloc_zeros::<T>(n)?;
-        let mut rstd = stream.alloc_zeros::<f32>(rows * 2 * heads)?;
-        let mut dqkv = stream.alloc_zeros::<T>(n)?;
+        let out = stream.alloc_zeros::<T>(n)?;
+        let rstd = stream.alloc_zeros::<f32>(rows * 2 * heads)?;
+        let dqkv = stream.alloc_zeros::<T>(n)?;
         self.kernels
-            .qk_norm_forward(&mut out, &mut rstd, &gqkv, heads, c)?;
-        self.kernels
-            .qk_norm_backward(&mut dqkv, &gdout, &gqkv, &rstd, heads, c)?;
+            .qk_norm_forward(&out.view(), &rstd.view(), &gqkv.view(), heads, c)?;
+        self.kernels.qk_norm_backward(
+            &dqkv.view(),
+            &gdout.view(),
+            &gqkv.view(),
+            &rstd.view(),
+            heads,
+            c,
+        )?;
         let (cqkv, cdout) = (self.tensor(&qkv)?, self.tensor(&dout)?);
         let cout = self.tensor(&vec![0.0; n])?;
         let crstd = self.tensor(&vec![0.0; rows * 2 * heads])?;
@@ -380,10 +397,12 @@ impl Check<'_> {
         let table = rope_table(hd, SEQ_LEN, 10_000.0);
         let gtable = self.up::<f32>(&table)?;
         let ctable = self.tensor(&table)?;
-        let mut rotated = self.up::<T>(&qkv)?;
-        self.kernels.rope(&mut rotated, &gtable, shape, false)?;
-        let mut drotated = self.up::<T>(&dout)?;
-        self.kernels.rope(&mut drotated, &gtable, shape, true)?;
+        let rotated = self.up::<T>(&qkv)?;
+        self.kernels
+            .rope(&rotated.view(), &gtable.view(), shape, false)?;
+        let drotated = self.up::<T>(&dout)?;
+        self.kernels
+            .rope(&drotated.view(), &gtable.view(), shape, true)?;
         let crotated = self.tensor(&qkv)?;
         self.cpu.rope_forward(crotated, ctable, shape)?;
         let cdrotated = self.tensor(&dout)?;
@@ -409,16 +428,22 @@ impl Check<'_> {
         let stream = self.kernels.stream().clone();
         let gtokens = stream.clone_htod(&tokens)?;
         let (gtable, gpos) = (self.up::<f32>(&table)?, self.up::<f32>(&positions)?);
-        let mut out = stream.alloc_zeros::<T>(rows * c)?;
-        self.kernels
-            .embedding_forward(&mut out, &gtokens, &gtable, Some(&gpos), SEQ_LEN, c)?;
+        let out = stream.alloc_zeros::<T>(rows * c)?;
+        self.kernels.embedding_forward(
+            &out.view(),
+            &gtokens.view(),
+            &gtable.view(),
+            Some(&gpos.view()),
+            SEQ_LEN,
+            c,
+        )?;
         let gdout = self.up::<T>(&dout)?;
-        let mut dtable = self.up::<f32>(&dtable0)?;
-        let mut dpositions = self.up::<f32>(&dpositions0)?;
+        let dtable = self.up::<f32>(&dtable0)?;
+        let dpositions = self.up::<f32>(&dpositions0)?;
         self.kernels.embedding_backward(
-            &mut dtable,
-            Some(&mut dpositions),
-            &gdout,
+            &dtable.view(),
+            Some(&dpositions.view()),
+            &gdout.view(),
             &tokens,
             SEQ_LEN,
             c,
@@ -453,12 +478,12 @@ impl Check<'_> {
 
         let stream = self.kernels.stream().clone();
         let gtargets = stream.clone_htod(&targets)?;
-        let mut glogits = self.up::<T>(&logits)?;
-        let mut losses = stream.alloc_zeros::<f32>(rows)?;
+        let glogits = self.up::<T>(&logits)?;
+        let losses = stream.alloc_zeros::<f32>(rows)?;
         self.kernels.softmax_cross_entropy(
-            &mut glogits,
-            &mut losses,
-            &gtargets,
+            &glogits.view(),
+            &losses.view(),
+            &gtargets.view(),
             &targets,
             VOCAB,
             PADDED_VOCAB,
@@ -511,17 +536,17 @@ impl Check<'_> {
             let v: Vec<f32> = self.random::<f32>(n, 0.05).iter().map(|x| x * x).collect();
 
             let stream = self.kernels.stream().clone();
-            let mut gparam = self.up::<f32>(&param)?;
+            let gparam = self.up::<f32>(&param)?;
             let ggrad = self.up::<f32>(&grad)?;
-            let (mut gm, mut gv) = (self.up::<f32>(&m)?, self.up::<f32>(&v)?);
-            let mut copy = stream.alloc_zeros::<bf16>(n)?;
+            let (gm, gv) = (self.up::<f32>(&m)?, self.up::<f32>(&v)?);
+            let copy = stream.alloc_zeros::<bf16>(n)?;
             self.kernels.adam_update(
                 rule,
-                &mut gparam,
-                &ggrad,
-                &mut gm,
-                &mut gv,
-                Some(&mut copy),
+                &gparam.view(),
+                &ggrad.view(),
+                &gm.view(),
+                &gv.view(),
+                Some(&copy.view()),
             )?;
 
             let (cparam, cgrad) = (self.tensor(&param)?, self.tensor(&grad)?);
@@ -554,7 +579,7 @@ impl Check<'_> {
     fn sum_squares(&mut self) -> Result<()> {
         let x = self.random::<f32>(1_000_003, 1.0);
         let gx = self.up::<f32>(&x)?;
-        let gpu = self.kernels.sum_squares(&gx)?;
+        let gpu = self.kernels.sum_squares(&gx.view())?;
         let cx = self.tensor(&x)?;
         let cpu = self.cpu.sum_squares(cx)?;
         self.comparisons.push(Comparison {

@@ -8,6 +8,7 @@ use half::bf16;
 use super::Check;
 use crate::backend::cuda::matmul::{Matmul, MatmulElement};
 use crate::backend::cuda::newton_schulz::NewtonSchulz;
+use crate::backend::cuda::view::ViewOf;
 use crate::backend::{Backend, Gemm};
 use crate::optim::{NewtonSchulzScratch, NsCoefficients, newton_schulz};
 
@@ -64,12 +65,24 @@ impl Check<'_> {
                 alpha,
                 beta,
             };
-            let mut gd = self.up::<O>(if apart { &nans } else { &c })?;
-            matmul.gemm(&mut gd, &ga, &gb, apart.then_some(&gc), shape)?;
+            let gd = self.up::<O>(if apart { &nans } else { &c })?;
+            matmul.gemm(
+                gd.view(),
+                ga.view(),
+                gb.view(),
+                apart.then(|| gc.view()),
+                shape,
+            )?;
             if beta == 0.0 {
                 // Idempotent with β = 0: the same call again must find its plan made.
                 let plans = matmul.plans();
-                matmul.gemm(&mut gd, &ga, &gb, apart.then_some(&gc), shape)?;
+                matmul.gemm(
+                    gd.view(),
+                    ga.view(),
+                    gb.view(),
+                    apart.then(|| gc.view()),
+                    shape,
+                )?;
                 ensure!(
                     matmul.plans() == plans,
                     "repeating a matrix product made a new plan instead of reusing its own"
@@ -102,9 +115,9 @@ impl Check<'_> {
         coefficients: NsCoefficients,
     ) -> Result<()> {
         let x = self.random::<f32>(count * rows * cols, 1.0);
-        let mut gx = self.up::<f32>(&x)?;
+        let gx = self.up::<f32>(&x)?;
         let mut ns = NewtonSchulz::new(self.kernels, rows, cols, count)?;
-        ns.run(self.kernels, matmul, &mut gx, steps, coefficients)?;
+        ns.run(self.kernels, matmul, gx.view(), steps, coefficients)?;
         let cx = self.tensor(&x)?;
         let scratch = NewtonSchulzScratch::new(&mut self.cpu, &[(rows, cols, count)])?;
         newton_schulz(

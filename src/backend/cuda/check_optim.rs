@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use half::bf16;
 
 use super::{Check, Comparison, relative_error};
+use crate::backend::cuda::view::ViewOf;
 use crate::backend::{Backend, Tensor};
 use crate::optim::{AdadeltaConfig, AdagradConfig, RmspropConfig, SgdConfig, UpdateRule};
 
@@ -91,12 +92,12 @@ impl Check<'_> {
         let param = self.random::<f32>(LEN, 1.0);
         let state = vec![initial; LEN];
 
-        let mut gparam = self.up::<f32>(&param)?;
-        let mut gstate = names
+        let gparam = self.up::<f32>(&param)?;
+        let gstate = names
             .iter()
             .map(|_| self.up::<f32>(&state))
             .collect::<Result<Vec<_>>>()?;
-        let mut copy = self.kernels.stream().alloc_zeros::<bf16>(LEN)?;
+        let copy = self.kernels.stream().alloc_zeros::<bf16>(LEN)?;
         let cparam = self.tensor(&param)?;
         let cstate = names
             .iter()
@@ -108,10 +109,10 @@ impl Check<'_> {
             let ggrad = self.up::<f32>(&grad)?;
             self.kernels.elementwise_update(
                 rule,
-                &mut gparam,
-                &ggrad,
-                &mut gstate,
-                Some(&mut copy),
+                &gparam.view(),
+                &ggrad.view(),
+                &gstate.iter().map(ViewOf::view).collect::<Vec<_>>(),
+                Some(&copy.view()),
             )?;
             let cgrad = self.tensor(&grad)?;
             self.cpu.elementwise_update(rule, cparam, cgrad, &cstate)?;

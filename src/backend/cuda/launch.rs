@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use half::bf16;
@@ -17,6 +17,7 @@ use half::bf16;
 use super::Gpu;
 use super::kernels::Param::{self, B32, B64, F32};
 use super::kernels::{Cache, SOURCES};
+use super::view::View;
 use crate::backend::{AdamStep, AttentionShape, ElementwiseRule, IGNORE_TARGET};
 
 /// How an activation is stored on the GPU: the kernels come in an `_f32` and a `_bf16` version.
@@ -314,20 +315,14 @@ struct Launch<'a> {
 
 impl<'a> Launch<'a> {
     /// A device buffer (its address).
-    fn buf<A>(&mut self, buffer: A) -> &mut Self
-    where
-        LaunchArgs<'a>: PushKernelArg<A>,
-    {
-        self.args.arg(buffer);
+    fn buf<T>(&mut self, buffer: &'a View<T>) -> &mut Self {
+        self.args.arg(buffer.address_ref());
         self.pushed.push(B64);
         self
     }
 
     /// An optional buffer: its address, or null where it is absent.
-    fn maybe<A>(&mut self, buffer: Option<A>) -> &mut Self
-    where
-        LaunchArgs<'a>: PushKernelArg<A>,
-    {
+    fn maybe<T>(&mut self, buffer: Option<&'a View<T>>) -> &mut Self {
         match buffer {
             Some(buffer) => self.buf(buffer),
             None => self.null(),
@@ -435,12 +430,7 @@ impl Kernels {
     }
 
     /// `out = a + b`.
-    pub fn add<T: Element>(
-        &self,
-        out: &mut CudaSlice<T>,
-        a: &CudaSlice<T>,
-        b: &CudaSlice<T>,
-    ) -> Result<()> {
+    pub fn add<T: Element>(&self, out: &View<T>, a: &View<T>, b: &View<T>) -> Result<()> {
         let n = out.len();
         expect_len("add operand", a.len(), n)?;
         expect_len("add operand", b.len(), n)?;
@@ -458,8 +448,8 @@ impl Kernels {
     pub fn activation_forward<T: Element>(
         &self,
         op: Activation,
-        out: &mut CudaSlice<T>,
-        inp: &CudaSlice<T>,
+        out: &View<T>,
+        inp: &View<T>,
     ) -> Result<()> {
         let n = out.len();
         expect_len("activation input", inp.len(), n)?;
@@ -476,9 +466,9 @@ impl Kernels {
     pub fn activation_backward<T: Element>(
         &self,
         op: Activation,
-        dinp: &mut CudaSlice<T>,
-        dout: &CudaSlice<T>,
-        inp: &CudaSlice<T>,
+        dinp: &View<T>,
+        dout: &View<T>,
+        inp: &View<T>,
     ) -> Result<()> {
         let n = dinp.len();
         expect_len("activation output gradient", dout.len(), n)?;
@@ -495,12 +485,12 @@ impl Kernels {
     /// LayerNorm of each `channels`-wide row, saving the mean and 1/std of each (eps 1e-5).
     pub fn layernorm_forward<T: Element>(
         &self,
-        out: &mut CudaSlice<T>,
-        mean: &mut CudaSlice<f32>,
-        rstd: &mut CudaSlice<f32>,
-        inp: &CudaSlice<T>,
-        weight: &CudaSlice<f32>,
-        bias: &CudaSlice<f32>,
+        out: &View<T>,
+        mean: &View<f32>,
+        rstd: &View<f32>,
+        inp: &View<T>,
+        weight: &View<f32>,
+        bias: &View<f32>,
         channels: usize,
     ) -> Result<()> {
         let rows = row_count("layernorm input", inp.len(), channels)?;
@@ -530,14 +520,14 @@ impl Kernels {
     /// per-block partial sums, added in block order by a second kernel).
     pub fn layernorm_backward<T: Element>(
         &self,
-        dinp: &mut CudaSlice<T>,
-        dweight: &mut CudaSlice<f32>,
-        dbias: &mut CudaSlice<f32>,
-        dout: &CudaSlice<T>,
-        inp: &CudaSlice<T>,
-        weight: &CudaSlice<f32>,
-        mean: &CudaSlice<f32>,
-        rstd: &CudaSlice<f32>,
+        dinp: &View<T>,
+        dweight: &View<f32>,
+        dbias: &View<f32>,
+        dout: &View<T>,
+        inp: &View<T>,
+        weight: &View<f32>,
+        mean: &View<f32>,
+        rstd: &View<f32>,
         channels: usize,
     ) -> Result<()> {
         let rows = row_count("layernorm input", inp.len(), channels)?;
@@ -553,7 +543,8 @@ impl Kernels {
         }
         let blocks = rows.div_ceil(LAYERNORM_BLOCK_ROWS);
         // Scratch for the partial sums; the CUDA backend will keep one preallocated.
-        let mut partials = self.stream.alloc_zeros::<f32>(blocks * 2 * channels)?;
+        let partials = self.stream.alloc_zeros::<f32>(blocks * 2 * channels)?;
+        let partials = View::of(&partials);
         let (rows32, c32, blocks32) = (
             int("rows", rows)?,
             int("channels", channels)?,
@@ -569,7 +560,7 @@ impl Kernels {
         let mut launch = kernel.args(&self.stream);
         launch
             .buf(dinp)
-            .buf(&mut partials)
+            .buf(&partials)
             .buf(dout)
             .buf(inp)
             .buf(weight)
@@ -602,9 +593,9 @@ impl Kernels {
     /// RMSNorm without weights (eps 1e-6), saving 1/rms of each row.
     pub fn rmsnorm_forward<T: Element>(
         &self,
-        out: &mut CudaSlice<T>,
-        rstd: &mut CudaSlice<f32>,
-        inp: &CudaSlice<T>,
+        out: &View<T>,
+        rstd: &View<f32>,
+        inp: &View<T>,
         channels: usize,
     ) -> Result<()> {
         let rows = row_count("rmsnorm input", inp.len(), channels)?;
@@ -622,10 +613,10 @@ impl Kernels {
     /// Adds the input gradient to `dinp`.
     pub fn rmsnorm_backward<T: Element>(
         &self,
-        dinp: &mut CudaSlice<T>,
-        dout: &CudaSlice<T>,
-        inp: &CudaSlice<T>,
-        rstd: &CudaSlice<f32>,
+        dinp: &View<T>,
+        dout: &View<T>,
+        inp: &View<T>,
+        rstd: &View<f32>,
         channels: usize,
     ) -> Result<()> {
         let rows = row_count("rmsnorm input", inp.len(), channels)?;
@@ -651,9 +642,9 @@ impl Kernels {
     /// copied; `rstd` (rows, 2·heads) saves 1/rms of each q and k head.
     pub fn qk_norm_forward<T: Element>(
         &self,
-        out: &mut CudaSlice<T>,
-        rstd: &mut CudaSlice<f32>,
-        qkv: &CudaSlice<T>,
+        out: &View<T>,
+        rstd: &View<f32>,
+        qkv: &View<T>,
         heads: usize,
         channels: usize,
     ) -> Result<()> {
@@ -683,10 +674,10 @@ impl Kernels {
     /// `dout`'s).
     pub fn qk_norm_backward<T: Element>(
         &self,
-        dqkv: &mut CudaSlice<T>,
-        dout: &CudaSlice<T>,
-        qkv: &CudaSlice<T>,
-        rstd: &CudaSlice<f32>,
+        dqkv: &View<T>,
+        dout: &View<T>,
+        qkv: &View<T>,
+        rstd: &View<f32>,
         heads: usize,
         channels: usize,
     ) -> Result<()> {
@@ -719,8 +710,8 @@ impl Kernels {
     /// [`crate::backend::Backend::rope_forward`].
     pub fn rope<T: Element>(
         &self,
-        qkv: &mut CudaSlice<T>,
-        table: &CudaSlice<f32>,
+        qkv: &View<T>,
+        table: &View<f32>,
         shape: AttentionShape,
         inverse: bool,
     ) -> Result<()> {
@@ -762,10 +753,10 @@ impl Kernels {
     /// `out[row] = table[tokens[row]] (+ positions[row % seq_len])`.
     pub fn embedding_forward<T: Element>(
         &self,
-        out: &mut CudaSlice<T>,
-        tokens: &CudaSlice<u32>,
-        table: &CudaSlice<f32>,
-        positions: Option<&CudaSlice<f32>>,
+        out: &View<T>,
+        tokens: &View<u32>,
+        table: &View<f32>,
+        positions: Option<&View<f32>>,
         seq_len: usize,
         channels: usize,
     ) -> Result<()> {
@@ -806,9 +797,9 @@ impl Kernels {
     /// in row order: the host sorts the rows by token (`tokens` is the host copy of the ids).
     pub fn embedding_backward<T: Element>(
         &self,
-        dtable: &mut CudaSlice<f32>,
-        dpositions: Option<&mut CudaSlice<f32>>,
-        dout: &CudaSlice<T>,
+        dtable: &View<f32>,
+        dpositions: Option<&View<f32>>,
+        dout: &View<T>,
         tokens: &[u32],
         seq_len: usize,
         channels: usize,
@@ -826,10 +817,11 @@ impl Kernels {
             let order = self.stream.clone_htod(&buckets.order)?;
             let start = self.stream.clone_htod(&buckets.start)?;
             let token = self.stream.clone_htod(&buckets.token)?;
+            let (order, start, token) = (View::of(&order), View::of(&start), View::of(&token));
             let kernel = self.typed::<T>(EMBEDDING_BACKWARD_TABLE)?;
             let mut launch = kernel.args(&self.stream);
             launch
-                .buf(&mut *dtable)
+                .buf(dtable)
                 .buf(dout)
                 .buf(&order)
                 .buf(&start)
@@ -878,9 +870,9 @@ impl Kernels {
     /// target is an error, not a NaN.
     pub fn softmax_cross_entropy<T: Element>(
         &self,
-        logits: &mut CudaSlice<T>,
-        losses: &mut CudaSlice<f32>,
-        targets_dev: &CudaSlice<u32>,
+        logits: &View<T>,
+        losses: &View<f32>,
+        targets_dev: &View<u32>,
         targets: &[u32],
         vocab: usize,
         padded_vocab: usize,
@@ -940,11 +932,11 @@ impl Kernels {
     pub fn adam_update(
         &self,
         rule: ElementwiseRule,
-        param: &mut CudaSlice<f32>,
-        grad: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
-        param_bf16: Option<&mut CudaSlice<bf16>>,
+        param: &View<f32>,
+        grad: &View<f32>,
+        m: &View<f32>,
+        v: &View<f32>,
+        param_bf16: Option<&View<bf16>>,
     ) -> Result<()> {
         let ElementwiseRule::Adam {
             lr,
@@ -1002,10 +994,10 @@ impl Kernels {
     pub fn elementwise_update(
         &self,
         rule: ElementwiseRule,
-        param: &mut CudaSlice<f32>,
-        grad: &CudaSlice<f32>,
-        state: &mut [CudaSlice<f32>],
-        param_bf16: Option<&mut CudaSlice<bf16>>,
+        param: &View<f32>,
+        grad: &View<f32>,
+        state: &[View<f32>],
+        param_bf16: Option<&View<bf16>>,
     ) -> Result<()> {
         let names = rule.state_names();
         ensure!(
@@ -1041,7 +1033,7 @@ impl Kernels {
             ) => {
                 // The buffer exists exactly when momentum ≠ 0 (checked above): null tells the
                 // kernel to step without one.
-                let buffer = state.first_mut();
+                let buffer = state.first();
                 let (nesterov, first_step) = (i32::from(nesterov), i32::from(first_step));
                 let kernel = self.plain(SGD_UPDATE)?;
                 let mut launch = kernel.args(&self.stream);
@@ -1095,7 +1087,7 @@ impl Kernels {
             ) => {
                 // The optional averages in state_names' order: grad_avg if centered, then the
                 // momentum buffer if momentum ≠ 0 (their count was checked above).
-                let mut rest = rest.iter_mut();
+                let mut rest = rest.iter();
                 let grad_avg = if centered { rest.next() } else { None };
                 let buffer = if momentum != 0.0 { rest.next() } else { None };
                 let kernel = self.plain(RMSPROP_UPDATE)?;
@@ -1150,15 +1142,16 @@ impl Kernels {
     }
 
     /// `Σ x²` in a fixed order (the square of the global gradient norm).
-    pub fn sum_squares(&self, x: &CudaSlice<f32>) -> Result<f64> {
+    pub fn sum_squares(&self, x: &View<f32>) -> Result<f64> {
         let n = x.len();
         let blocks = n.div_ceil(THREADS as usize).clamp(1, SUM_BLOCKS);
-        let mut partials = self.stream.alloc_zeros::<f32>(blocks)?;
-        let mut total = self.stream.alloc_zeros::<f64>(1)?;
+        let partials_slice = self.stream.alloc_zeros::<f32>(blocks)?;
+        let total_slice = self.stream.alloc_zeros::<f64>(1)?;
+        let (partials, total) = (View::of(&partials_slice), View::of(&total_slice));
         let kernel = self.plain(SUM_SQUARES_PARTIAL)?;
         let n64 = n as i64;
         let mut launch = kernel.args(&self.stream);
-        launch.buf(&mut partials).buf(x).long(&n64);
+        launch.buf(&partials).buf(x).long(&n64);
         let config = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -1169,7 +1162,7 @@ impl Kernels {
         let kernel = self.plain(SUM_PARTIALS)?;
         let count = blocks as i32;
         let mut launch = kernel.args(&self.stream);
-        launch.buf(&mut total).buf(&partials).int(&count);
+        launch.buf(&total).buf(&partials).int(&count);
         let one_thread = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (1, 1, 1),
@@ -1177,13 +1170,13 @@ impl Kernels {
         };
         // SAFETY: matches sum_partials; one thread reads `count` partials and writes one double.
         unsafe { launch.launch(one_thread) }?;
-        Ok(self.stream.clone_dtoh(&total)?[0])
+        Ok(self.stream.clone_dtoh(&total_slice)?[0])
     }
 
     /// `x[m] ← (x[m]/(‖x[m]‖_F + eps))·scale` for each of the `count` equal parts of `x`.
     pub fn frobenius_normalize(
         &self,
-        x: &mut CudaSlice<f32>,
+        x: &View<f32>,
         count: usize,
         eps: f32,
         scale: f32,

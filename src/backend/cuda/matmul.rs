@@ -16,10 +16,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail, ensure};
 use cudarc::cublaslt::result::{self, CublasError};
 use cudarc::cublaslt::sys;
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use half::bf16;
 
 use super::launch::Element;
+use super::view::View;
 use crate::backend::Gemm;
 
 /// A matrix element cuBLASLt reads or writes here.
@@ -396,10 +397,10 @@ impl Matmul {
     /// matrices (see [`Gemm`]), with `c = d` when `c` is `None`; with `beta = 0` C is not read.
     pub fn gemm<I: MatmulElement, O: MatmulElement>(
         &mut self,
-        d: &mut CudaSlice<O>,
-        a: &CudaSlice<I>,
-        b: &CudaSlice<I>,
-        c: Option<&CudaSlice<O>>,
+        d: View<O>,
+        a: View<I>,
+        b: View<I>,
+        c: Option<View<O>>,
         shape: Gemm,
     ) -> Result<()> {
         ensure!(
@@ -423,11 +424,8 @@ impl Matmul {
             );
         }
         let stream = self.stream.clone();
-        let (a_ptr, _a) = a.device_ptr(&stream);
-        let (b_ptr, _b) = b.device_ptr(&stream);
-        let c_ptr = c.map(|c| c.device_ptr(&stream));
-        let (d_ptr, _d) = d.device_ptr_mut(&stream);
-        let c_ptr = c_ptr.as_ref().map_or(d_ptr, |(ptr, _)| *ptr);
+        let (a_ptr, b_ptr, d_ptr) = (a.address(), b.address(), d.address());
+        let c_ptr = c.map_or(d_ptr, |c| c.address());
         let (input, output) = (I::DTYPE.bytes(), O::DTYPE.bytes());
         let key = PlanKey::new(
             &shape,

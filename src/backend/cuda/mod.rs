@@ -16,6 +16,7 @@ pub mod launch;
 pub mod matmul;
 pub mod newton_schulz;
 pub mod nvrtc;
+pub mod view;
 
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ use cudarc::driver::CudaSlice;
 
 use super::launch::Kernels;
 use super::matmul::Matmul;
+use super::view::{self, View, ViewOf};
 use crate::optim::NsCoefficients;
 use crate::optim::NsProducts;
 
@@ -52,7 +53,7 @@ impl NewtonSchulz {
         &mut self,
         kernels: &Kernels,
         matmul: &mut Matmul,
-        x: &mut CudaSlice<f32>,
+        x: View<f32>,
         steps: usize,
         coefficients: NsCoefficients,
     ) -> Result<()> {
@@ -64,12 +65,10 @@ impl NewtonSchulz {
             x.len()
         );
         let (eps, scale) = coefficients.normalisation();
-        kernels.frobenius_normalize(x, count, eps, scale)?;
-        let Self {
-            gram, poly, next, ..
-        } = self;
+        kernels.frobenius_normalize(&x, count, eps, scale)?;
+        let (gram, poly) = (self.gram.view(), self.poly.view());
         // X alternates between the caller's buffer and `next`.
-        let (mut current, mut other) = (x, next);
+        let (mut current, mut other) = (x, self.next.view());
         for step in 0..steps {
             let products = NsProducts::new(rows, cols, count, coefficients.at(step));
             matmul.gemm(gram, current, current, None, products.gram)?;
@@ -83,7 +82,7 @@ impl NewtonSchulz {
         }
         if steps % 2 == 1 {
             // The result is in `next`: `current` is it and `other` the caller's buffer.
-            kernels.stream().memcpy_dtod(&*current, other)?;
+            view::copy(kernels.stream(), other, current)?;
         }
         Ok(())
     }
