@@ -67,7 +67,7 @@ fn the_launchers_call_exactly_the_kernels_the_files_define_with_their_parameters
         }
     }
     let mut called = BTreeMap::new();
-    for kernel in launch::KERNELS {
+    for kernel in launch::all_kernels() {
         let names = if kernel.typed {
             vec![
                 format!("{}_f32", kernel.name),

@@ -49,7 +49,7 @@ impl Element for bf16 {
 }
 
 /// Threads per block of the elementwise and per-row kernels.
-const THREADS: u32 = 256;
+pub(super) const THREADS: u32 = 256;
 /// Threads per block of the cross-entropy, one block per row of the vocabulary.
 const LOSS_THREADS: u32 = 1024;
 /// Rows per block of the LayerNorm backward, whose weight and bias gradients are summed per block.
@@ -58,7 +58,7 @@ const LAYERNORM_BLOCK_ROWS: usize = 32;
 /// device.
 const SUM_BLOCKS: usize = 1024;
 
-fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
+pub(super) fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
     ensure!(
         len == expected,
         "{what}: {len} elements where the shape needs {expected}"
@@ -67,12 +67,12 @@ fn expect_len(what: &str, len: usize, expected: usize) -> Result<()> {
 }
 
 /// An `int` kernel argument.
-fn int(what: &str, value: usize) -> Result<i32> {
+pub(super) fn int(what: &str, value: usize) -> Result<i32> {
     i32::try_from(value).with_context(|| format!("{what} {value} does not fit a kernel's int"))
 }
 
 /// A grid-stride launch over `n` elements.
-fn elementwise(n: usize) -> LaunchConfig {
+pub(super) fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -82,7 +82,7 @@ fn elementwise(n: usize) -> LaunchConfig {
 }
 
 /// One warp per row, eight rows per block.
-fn warp_per_row(rows: usize) -> LaunchConfig {
+pub(super) fn warp_per_row(rows: usize) -> LaunchConfig {
     let per_block = THREADS as usize / 32;
     LaunchConfig {
         grid_dim: (rows.div_ceil(per_block) as u32, 1, 1),
@@ -147,7 +147,11 @@ pub struct Kernel {
     pub params: &'static [Param],
 }
 
-const fn typed(file: &'static str, name: &'static str, params: &'static [Param]) -> Kernel {
+pub(super) const fn typed(
+    file: &'static str,
+    name: &'static str,
+    params: &'static [Param],
+) -> Kernel {
     Kernel {
         file,
         name,
@@ -156,7 +160,11 @@ const fn typed(file: &'static str, name: &'static str, params: &'static [Param])
     }
 }
 
-const fn plain(file: &'static str, name: &'static str, params: &'static [Param]) -> Kernel {
+pub(super) const fn plain(
+    file: &'static str,
+    name: &'static str,
+    params: &'static [Param],
+) -> Kernel {
     Kernel {
         file,
         name,
@@ -261,7 +269,12 @@ const FROBENIUS_NORMALIZE: Kernel = plain(
 );
 
 /// Every kernel the launchers call; a test checks it against what kernels/ compiles to.
-pub const KERNELS: &[Kernel] = &[
+pub fn all_kernels() -> Vec<Kernel> {
+    KERNELS.to_vec()
+}
+
+/// The kernels whose launchers are in this file.
+const KERNELS: &[Kernel] = &[
     ADD,
     GELU_FORWARD,
     GELU_BACKWARD,
@@ -290,13 +303,13 @@ pub const KERNELS: &[Kernel] = &[
 ];
 
 /// A loaded kernel with its declared parameters.
-struct Prepared {
+pub(super) struct Prepared {
     function: CudaFunction,
     kernel: Kernel,
 }
 
 impl Prepared {
-    fn args<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Launch<'a> {
+    pub(super) fn args<'a>(&'a self, stream: &'a Arc<CudaStream>) -> Launch<'a> {
         Launch {
             args: stream.launch_builder(&self.function),
             kernel: self.kernel,
@@ -307,7 +320,7 @@ impl Prepared {
 
 /// The arguments of one launch, each pushed with its parameter type, so that a launch whose
 /// arguments do not match the kernel's parameters is an error instead of undefined behaviour.
-struct Launch<'a> {
+pub(super) struct Launch<'a> {
     args: LaunchArgs<'a>,
     kernel: Kernel,
     pushed: Vec<Param>,
@@ -315,14 +328,14 @@ struct Launch<'a> {
 
 impl<'a> Launch<'a> {
     /// A device buffer (its address).
-    fn buf<T>(&mut self, buffer: &'a View<T>) -> &mut Self {
+    pub(super) fn buf<T>(&mut self, buffer: &'a View<T>) -> &mut Self {
         self.args.arg(buffer.address_ref());
         self.pushed.push(B64);
         self
     }
 
     /// An optional buffer: its address, or null where it is absent.
-    fn maybe<T>(&mut self, buffer: Option<&'a View<T>>) -> &mut Self {
+    pub(super) fn maybe<T>(&mut self, buffer: Option<&'a View<T>>) -> &mut Self {
         match buffer {
             Some(buffer) => self.buf(buffer),
             None => self.null(),
@@ -330,25 +343,25 @@ impl<'a> Launch<'a> {
     }
 
     /// A null pointer, for an optional buffer that is absent.
-    fn null(&mut self) -> &mut Self {
+    pub(super) fn null(&mut self) -> &mut Self {
         self.args.arg(&0u64);
         self.pushed.push(B64);
         self
     }
 
-    fn int(&mut self, value: &'a i32) -> &mut Self {
+    pub(super) fn int(&mut self, value: &'a i32) -> &mut Self {
         self.args.arg(value);
         self.pushed.push(B32);
         self
     }
 
-    fn long(&mut self, value: &'a i64) -> &mut Self {
+    pub(super) fn long(&mut self, value: &'a i64) -> &mut Self {
         self.args.arg(value);
         self.pushed.push(B64);
         self
     }
 
-    fn float(&mut self, value: &'a f32) -> &mut Self {
+    pub(super) fn float(&mut self, value: &'a f32) -> &mut Self {
         self.args.arg(value);
         self.pushed.push(F32);
         self
@@ -358,7 +371,7 @@ impl<'a> Launch<'a> {
     ///
     /// # Safety
     /// Every buffer must be as large as the kernel reads and writes for this launch shape.
-    unsafe fn launch(&mut self, config: LaunchConfig) -> Result<()> {
+    pub(super) unsafe fn launch(&mut self, config: LaunchConfig) -> Result<()> {
         ensure!(
             self.pushed == self.kernel.params,
             "{} launched with arguments {:?} where it takes {:?}",
@@ -413,13 +426,13 @@ impl Kernels {
     }
 
     /// The `T` version of a kernel that comes in an f32 and a bf16 version.
-    fn typed<T: Element>(&self, kernel: Kernel) -> Result<Prepared> {
+    pub(super) fn typed<T: Element>(&self, kernel: Kernel) -> Result<Prepared> {
         debug_assert!(kernel.typed, "{} has no typed versions", kernel.name);
         let function = self.function(kernel.file, &format!("{}_{}", kernel.name, T::NAME))?;
         Ok(Prepared { function, kernel })
     }
 
-    fn plain(&self, kernel: Kernel) -> Result<Prepared> {
+    pub(super) fn plain(&self, kernel: Kernel) -> Result<Prepared> {
         debug_assert!(!kernel.typed, "{} comes in typed versions", kernel.name);
         let function = self.function(kernel.file, kernel.name)?;
         Ok(Prepared { function, kernel })
@@ -1236,7 +1249,7 @@ impl Activation {
 }
 
 /// The number of `channels`-wide rows in `len` elements.
-fn row_count(what: &str, len: usize, channels: usize) -> Result<usize> {
+pub(super) fn row_count(what: &str, len: usize, channels: usize) -> Result<usize> {
     ensure!(
         channels > 0 && len.is_multiple_of(channels),
         "{what}: {len} elements are not whole rows of {channels}"
@@ -1254,7 +1267,7 @@ fn qk_norm_rows(len: usize, heads: usize, channels: usize) -> Result<usize> {
 }
 
 /// One thread per element, for kernels without a grid-stride loop.
-fn elementwise_exact(n: usize) -> LaunchConfig {
+pub(super) fn elementwise_exact(n: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (n.div_ceil(THREADS as usize) as u32, 1, 1),
         block_dim: (THREADS, 1, 1),
