@@ -128,6 +128,8 @@ HAVE_SPEEDRUN=1
 if [[ ! -x $SPEEDRUN ]]; then
     echo "no executable $SPEEDRUN: carry target/release/speedrun; only the torch side runs"
     HAVE_SPEEDRUN=0
+    STATUS[speedrun]="missing: $SPEEDRUN"
+    ORDER+=(speedrun)
 fi
 
 if ((HAVE_SPEEDRUN)); then
