@@ -7,9 +7,10 @@
 //! 1e-2 for tensors stored in bf16, 1e-4 for f32 ones.
 //!
 //! The cuBLASLt matrix products and Newton–Schulz are compared in check_matmul.rs, the
-//! element-wise optimizer rules other than Adam in check_optim.rs.
+//! element-wise optimizer rules other than Adam in check_optim.rs, flash attention in
+//! check_attention.rs.
 //!
-//! Not yet run on a GPU. Not yet here: attention and the comparison of one whole training step.
+//! Not yet run on a GPU. Not yet here: the comparison of one whole training step.
 
 use anyhow::{Result, bail};
 use cudarc::driver::CudaSlice;
@@ -29,6 +30,8 @@ use crate::backend::{
 use crate::model::gpt::rope_table;
 
 // A child, to use the private Check and its helpers.
+#[path = "check_attention.rs"]
+mod check_attention;
 #[path = "check_matmul.rs"]
 mod check_matmul;
 #[path = "check_optim.rs"]
@@ -137,6 +140,8 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     check.norms::<bf16>()?;
     check.attention_prep::<f32>()?;
     check.attention_prep::<bf16>()?;
+    check.attention::<f32>()?;
+    check.attention::<bf16>()?;
     check.embedding::<f32>()?;
     check.embedding::<bf16>()?;
     check.cross_entropy::<f32>()?;

@@ -31,6 +31,7 @@ macro_rules! kernel_sources {
 /// Every kernel file; a test checks that the list and the directory agree.
 pub const SOURCES: &[Source] = kernel_sources![
     "activation.cu",
+    "attention.cu",
     "embedding.cu",
     "loss.cu",
     "newton_schulz.cu",

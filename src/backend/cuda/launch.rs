@@ -270,7 +270,11 @@ const FROBENIUS_NORMALIZE: Kernel = plain(
 
 /// Every kernel the launchers call; a test checks it against what kernels/ compiles to.
 pub fn all_kernels() -> Vec<Kernel> {
-    KERNELS.to_vec()
+    KERNELS
+        .iter()
+        .chain(super::attention::KERNELS)
+        .copied()
+        .collect()
 }
 
 /// The kernels whose launchers are in this file.

@@ -10,6 +10,7 @@
 //! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`), but
 //! `speedrun check --device cuda` has not been run on hardware.
 
+pub mod attention;
 pub mod check;
 pub mod kernels;
 pub mod launch;
