@@ -21,8 +21,10 @@ pub struct MemoryReport {
     pub groups: Vec<(&'static str, usize, usize, String)>,
     pub batch: usize,
     pub seq_len: usize,
-    /// Saved activations and their gradients (one micro-batch).
+    /// Saved activations, their per-row statistics (f32 in every layout) and the
+    /// activations' gradients (one micro-batch).
     pub activations: usize,
+    pub statistics: usize,
     pub activation_grads: usize,
 }
 
@@ -45,15 +47,16 @@ impl MemoryReport {
             let state = state_values(rule, &range, &specs)?;
             groups.push((range.group.name(), range.param.len, state, rule.describe()));
         }
-        let (activations, activation_grads) = activation_floats(model, batch, seq_len);
+        let sizes = activation_floats(model, batch, seq_len);
         Ok(MemoryReport {
             model: format!("{} {}", model.arch, model.name),
             params: layout.total,
             groups,
             batch,
             seq_len,
-            activations,
-            activation_grads,
+            activations: sizes.values,
+            statistics: sizes.statistics,
+            activation_grads: sizes.grads,
         })
     }
 
@@ -69,7 +72,7 @@ impl MemoryReport {
             f32s(self.params),
             f32s(self.params),
             f32s(self.state_values()),
-            f32s(self.activations + self.activation_grads),
+            f32s(self.activations + self.statistics + self.activation_grads),
         ]
     }
 }
@@ -97,8 +100,15 @@ impl fmt::Display for MemoryReport {
         let state_per_param = state as f64 / psi as f64;
         let [weights, grads, state_cpu, acts_cpu] = self.cpu_bytes();
         let acts = (self.activations + self.activation_grads) as u64;
-        // Mixed precision: bf16 compute weights, gradients and activations; f32 master and state.
-        let mixed = [2 * psi, 4 * psi, 2 * psi, 4 * state, 2 * acts];
+        // Mixed precision: bf16 compute weights, gradients and activations; f32 master, state
+        // and per-row statistics.
+        let mixed = [
+            2 * psi,
+            4 * psi,
+            2 * psi,
+            4 * state,
+            2 * acts + 4 * self.statistics as u64,
+        ];
         let rows = [
             ("weights for compute", "4", "2 (bf16)", weights, mixed[0]),
             ("master weights", "-", "4 (f32)", 0, mixed[1]),
@@ -137,7 +147,7 @@ impl fmt::Display for MemoryReport {
         )?;
         writeln!(
             f,
-            "| activations and their gradients (one micro-batch) | | | {} | {} (bf16) |",
+            "| activations and their gradients (one micro-batch) | | | {} | {} (bf16; statistics f32) |",
             gb(acts_cpu),
             gb(mixed[4])
         )?;
@@ -225,6 +235,7 @@ mod tests {
         let one = MemoryReport::new(&model, &optim, 1, 64).unwrap();
         let four = MemoryReport::new(&model, &optim, 4, 64).unwrap();
         assert_eq!(four.activations, 4 * one.activations);
+        assert_eq!(four.statistics, 4 * one.statistics);
         assert_eq!(four.activation_grads, 4 * one.activation_grads);
         assert_eq!(one.params, four.params);
     }

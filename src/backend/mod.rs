@@ -71,6 +71,9 @@ pub enum BufferKind {
     Gradients,
     Activations,
     ActivationGradients,
+    /// Per-row statistics saved for the backward pass (norms' mean and 1/std, attention's
+    /// log-sum-exp) and per-row losses: kept in f32 even where activations are bf16.
+    Statistics,
     OptimizerState,
     /// Tables computed once on the host (rotary cos/sin).
     Constants,

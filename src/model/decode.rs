@@ -55,21 +55,22 @@ impl Decoder {
         let param_buffer = backend.alloc(super::num_params(config), BufferKind::Parameters)?;
         let layout = param_layout(config, param_buffer);
         let token = backend.alloc_tokens(1)?;
-        let mut scratch = |len| backend.alloc(len, BufferKind::Activations);
+        let mut scratch = |len, kind| backend.alloc(len, kind);
+        let (acts, stats) = (BufferKind::Activations, BufferKind::Statistics);
         let row = Row {
-            x: scratch(c)?,
-            x_mid: scratch(c)?,
-            ln: scratch(c)?,
-            mean: scratch(1)?,
-            rstd: scratch(1)?,
-            qkv: scratch(3 * c)?,
-            qkv_rot: scratch(3 * c)?,
-            qk_rstd: scratch(2 * h)?,
-            att: scratch(c)?,
-            proj: scratch(c)?,
-            fch: scratch(4 * c)?,
-            fch_act: scratch(4 * c)?,
-            logits: scratch(config.padded_vocab)?,
+            x: scratch(c, acts)?,
+            x_mid: scratch(c, acts)?,
+            ln: scratch(c, acts)?,
+            mean: scratch(1, stats)?,
+            rstd: scratch(1, stats)?,
+            qkv: scratch(3 * c, acts)?,
+            qkv_rot: scratch(3 * c, acts)?,
+            qk_rstd: scratch(2 * h, stats)?,
+            att: scratch(c, acts)?,
+            proj: scratch(c, acts)?,
+            fch: scratch(4 * c, acts)?,
+            fch_act: scratch(4 * c, acts)?,
+            logits: scratch(config.padded_vocab, acts)?,
             token,
         };
         let rope_table = match config.arch {

@@ -131,14 +131,18 @@ impl Gpt {
         let layout = param_layout(config, param_buffer);
         let grads = param_layout(config, grad_buffer).tensors;
 
-        let (act_len, grad_len) = activation_floats(config, batch, seq_len);
-        let mut arena = Arena {
-            base: backend.alloc(act_len, BufferKind::Activations)?,
+        let sizes = activation_floats(config, batch, seq_len);
+        let mut values = Arena {
+            base: backend.alloc(sizes.values, BufferKind::Activations)?,
             next: 0,
         };
-        let acts = activations(config, batch, seq_len, &mut arena).0;
+        let mut statistics = Arena {
+            base: backend.alloc(sizes.statistics, BufferKind::Statistics)?,
+            next: 0,
+        };
+        let acts = activations(config, batch, seq_len, &mut values, &mut statistics);
         let mut arena = Arena {
-            base: backend.alloc(grad_len, BufferKind::ActivationGradients)?,
+            base: backend.alloc(sizes.grads, BufferKind::ActivationGradients)?,
             next: 0,
         };
         let act_grads = activation_grads(config, batch * seq_len, &mut arena).0;
@@ -511,54 +515,67 @@ impl Norm {
     }
 }
 
-/// Elements of the saved activations and of their gradients for `batch` sequences of
-/// `seq_len` tokens: what [`Gpt::new`] allocates besides parameters and gradients.
-pub fn activation_floats(config: &ModelConfig, batch: usize, seq_len: usize) -> (usize, usize) {
-    (
-        activations(config, batch, seq_len, &mut Arena::unbounded()).1,
-        activation_grads(config, batch * seq_len, &mut Arena::unbounded()).1,
-    )
+/// Elements of the buffers [`Gpt::new`] allocates besides parameters and gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ActivationSizes {
+    /// Saved activations ([`BufferKind::Activations`]).
+    pub values: usize,
+    /// Saved per-row statistics and losses ([`BufferKind::Statistics`]).
+    pub statistics: usize,
+    /// Gradients of the activations ([`BufferKind::ActivationGradients`]).
+    pub grads: usize,
 }
 
-/// Lays out the saved activations; returns them and the number of elements used.
+/// What [`Gpt::new`] allocates for `batch` sequences of `seq_len` tokens.
+pub fn activation_floats(config: &ModelConfig, batch: usize, seq_len: usize) -> ActivationSizes {
+    let (mut values, mut statistics) = (Arena::unbounded(), Arena::unbounded());
+    activations(config, batch, seq_len, &mut values, &mut statistics);
+    ActivationSizes {
+        values: values.next,
+        statistics: statistics.next,
+        grads: activation_grads(config, batch * seq_len, &mut Arena::unbounded()).1,
+    }
+}
+
+/// Lays out the saved activations in `arena` and their per-row statistics in `stats`.
 fn activations(
     config: &ModelConfig,
     batch: usize,
     seq_len: usize,
     arena: &mut Arena,
-) -> (Activations, usize) {
+    stats: &mut Arena,
+) -> Activations {
     let (l, c, h) = (config.layers, config.channels, config.heads);
     let n = batch * seq_len;
     let gpt2 = config.arch == Arch::Gpt2;
     let speedrun = !gpt2;
-    let acts = Activations {
+    Activations {
         encoded: arena.take(n * c),
         x0: arena.take_if(speedrun, n * c),
-        x0_rstd: arena.take_if(speedrun, n),
+        x0_rstd: stats.take_if(speedrun, n),
         ln1: arena.take(l * n * c),
-        ln1_mean: arena.take_if(gpt2, l * n),
-        ln1_rstd: arena.take(l * n),
+        ln1_mean: stats.take_if(gpt2, l * n),
+        ln1_rstd: stats.take(l * n),
         qkv: arena.take(l * n * 3 * c),
         qkv_rot: arena.take_if(speedrun, l * n * 3 * c),
-        qk_rstd: arena.take_if(speedrun, l * n * 2 * h),
+        qk_rstd: stats.take_if(speedrun, l * n * 2 * h),
         atty: arena.take(l * n * c),
-        att_lse: arena.take(l * batch * h * seq_len),
+        att_lse: stats.take(l * batch * h * seq_len),
         attproj: arena.take(l * n * c),
         residual2: arena.take(l * n * c),
         ln2: arena.take(l * n * c),
-        ln2_mean: arena.take_if(gpt2, l * n),
-        ln2_rstd: arena.take(l * n),
+        ln2_mean: stats.take_if(gpt2, l * n),
+        ln2_rstd: stats.take(l * n),
         fch: arena.take(l * n * 4 * c),
         fch_act: arena.take(l * n * 4 * c),
         fcproj: arena.take(l * n * c),
         residual3: arena.take(l * n * c),
         lnf: arena.take(n * c),
-        lnf_mean: arena.take_if(gpt2, n),
-        lnf_rstd: arena.take(n),
+        lnf_mean: stats.take_if(gpt2, n),
+        lnf_rstd: stats.take(n),
         logits: arena.take(n * config.padded_vocab),
-        losses: arena.take(n),
-    };
-    (acts, arena.next)
+        losses: stats.take(n),
+    }
 }
 
 fn activation_grads(config: &ModelConfig, n: usize, arena: &mut Arena) -> (ActivationGrads, usize) {
