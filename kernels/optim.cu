@@ -115,3 +115,51 @@ extern "C" __global__ void adadelta_update(float* param, const float* grad, floa
         if (param_bf16 != 0) param_bf16[i] = to_bf16(updated);
     }
 }
+
+// Schedule-Free AdamW (ElementwiseRule::ScheduleFree) on the weights y where gradients are taken,
+// with z and v as state, term for term as the CPU: v ← β2·v + (1 − β2)·g²;
+// d = g/(√(v/bias2) + ε) + wd·y; y ← y + c·(z − y) + y_step·d; z ← z − lr·d, where the host
+// passes y_step = lr·(β1·(1 − c) − 1), computed in float as the CPU does.
+extern "C" __global__ void schedule_free_update(float* param, const float* grad, float* z,
+                                                float* v, bf16* param_bf16, i64 n, float lr,
+                                                float beta2, float eps, float weight_decay,
+                                                float averaging, float bias2, float y_step) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const float g = grad[i];
+        const float y = param[i];
+        const float zi = z[i];
+        const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
+        const float d = g / (sqrtf(vi / bias2) + eps) + weight_decay * y;
+        const float updated = y + averaging * (zi - y) + y_step * d;
+        v[i] = vi;
+        z[i] = zi - lr * d;
+        param[i] = updated;
+        if (param_bf16 != 0) param_bf16[i] = to_bf16(updated);
+    }
+}
+
+// x ← x + weight·(end − x) (Schedule-Free's switch between y and x).
+extern "C" __global__ void lerp(float* x, const float* end, i64 n, float weight) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        x[i] += weight * (end[i] - x[i]);
+    }
+}
+
+// Muon's momentum: m ← β·m + (1 − β)·g; update ← (1 − β)·g + β·m with Nesterov, else m.
+extern "C" __global__ void muon_momentum(float* update, float* momentum, const float* grad,
+                                         i64 n, float beta, int nesterov) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        const float g = grad[i];
+        const float m = beta * momentum[i] + (1.0f - beta) * g;
+        momentum[i] = m;
+        update[i] = nesterov ? (1.0f - beta) * g + beta * m : m;
+    }
+}
+
+// param ← param·keep − step_size·update, with keep = 1 − decay from the host (as the CPU).
+extern "C" __global__ void apply_update(float* param, const float* update, i64 n,
+                                        float step_size, float keep) {
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        param[i] = param[i] * keep - step_size * update[i];
+    }
+}

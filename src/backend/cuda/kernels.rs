@@ -32,8 +32,10 @@ macro_rules! kernel_sources {
 pub const SOURCES: &[Source] = kernel_sources![
     "activation.cu",
     "attention.cu",
+    "bias.cu",
     "embedding.cu",
     "loss.cu",
+    "memory.cu",
     "newton_schulz.cu",
     "norm.cu",
     "optim.cu",

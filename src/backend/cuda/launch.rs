@@ -260,7 +260,15 @@ const ADADELTA_UPDATE: Kernel = plain(
     "adadelta_update",
     &[B64, B64, B64, B64, B64, B64, F32, F32, F32, F32],
 );
+const SCHEDULE_FREE_UPDATE: Kernel = plain(
+    "optim.cu",
+    "schedule_free_update",
+    &[
+        B64, B64, B64, B64, B64, B64, F32, F32, F32, F32, F32, F32, F32,
+    ],
+);
 const SUM_SQUARES_PARTIAL: Kernel = plain("reduce.cu", "sum_squares_partial", &[B64, B64, B64]);
+const SUM_VALUES_PARTIAL: Kernel = plain("reduce.cu", "sum_values_partial", &[B64, B64, B64]);
 const SUM_PARTIALS: Kernel = plain("reduce.cu", "sum_partials", &[B64, B64, B32]);
 const FROBENIUS_NORMALIZE: Kernel = plain(
     "newton_schulz.cu",
@@ -273,6 +281,7 @@ pub fn all_kernels() -> Vec<Kernel> {
     KERNELS
         .iter()
         .chain(super::attention::KERNELS)
+        .chain(super::elementwise::KERNELS)
         .copied()
         .collect()
 }
@@ -301,7 +310,9 @@ const KERNELS: &[Kernel] = &[
     ADAGRAD_UPDATE,
     RMSPROP_UPDATE,
     ADADELTA_UPDATE,
+    SCHEDULE_FREE_UPDATE,
     SUM_SQUARES_PARTIAL,
+    SUM_VALUES_PARTIAL,
     SUM_PARTIALS,
     FROBENIUS_NORMALIZE,
 ];
@@ -1004,7 +1015,7 @@ impl Kernels {
         Ok(())
     }
 
-    /// One step of any [`ElementwiseRule`] but Schedule-Free over a flat range, with `state`
+    /// One step of any [`ElementwiseRule`] over a flat range, with `state`
     /// as [`ElementwiseRule::state_names`] orders it; with `param_bf16` the new weights are
     /// also written there in bf16. The rule's scalars go to the kernel as they are, so both
     /// sides compute from the same f32 values.
@@ -1150,8 +1161,39 @@ impl Kernels {
                 // SAFETY: matches adadelta_update; every buffer holds n elements (or is null).
                 unsafe { launch.launch(elementwise(n)) }
             }
-            (ElementwiseRule::ScheduleFree { .. }, _) => {
-                bail!("Schedule-Free has no GPU kernel yet")
+            (
+                ElementwiseRule::ScheduleFree {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    averaging,
+                    bias2,
+                },
+                [z, v],
+            ) => {
+                // The CPU's y step, in the same float operations.
+                let y_step = lr * (beta1 * (1.0 - averaging) - 1.0);
+                let kernel = self.plain(SCHEDULE_FREE_UPDATE)?;
+                let mut launch = kernel.args(&self.stream);
+                launch
+                    .buf(param)
+                    .buf(grad)
+                    .buf(z)
+                    .buf(v)
+                    .maybe(param_bf16)
+                    .long(&n64)
+                    .float(&lr)
+                    .float(&beta2)
+                    .float(&eps)
+                    .float(&weight_decay)
+                    .float(&averaging)
+                    .float(&bias2)
+                    .float(&y_step);
+                // SAFETY: matches schedule_free_update; every buffer holds n elements (or is
+                // null).
+                unsafe { launch.launch(elementwise(n)) }
             }
             // Unreachable after the state count check; an error rather than a panic all the same.
             (rule, state) => bail!("{rule:?} with {} state tensors", state.len()),
@@ -1160,12 +1202,22 @@ impl Kernels {
 
     /// `Σ x²` in a fixed order (the square of the global gradient norm).
     pub fn sum_squares(&self, x: &View<f32>) -> Result<f64> {
+        self.reduce(SUM_SQUARES_PARTIAL, x)
+    }
+
+    /// `Σ x` in a fixed order (the losses of a batch).
+    pub fn sum(&self, x: &View<f32>) -> Result<f64> {
+        self.reduce(SUM_VALUES_PARTIAL, x)
+    }
+
+    /// A sum over `x` whose per-block partials `partial` computes, added in order in double.
+    fn reduce(&self, partial: Kernel, x: &View<f32>) -> Result<f64> {
         let n = x.len();
         let blocks = n.div_ceil(THREADS as usize).clamp(1, SUM_BLOCKS);
         let partials_slice = self.stream.alloc_zeros::<f32>(blocks)?;
         let total_slice = self.stream.alloc_zeros::<f64>(1)?;
         let (partials, total) = (View::of(&partials_slice), View::of(&total_slice));
-        let kernel = self.plain(SUM_SQUARES_PARTIAL)?;
+        let kernel = self.plain(partial)?;
         let n64 = n as i64;
         let mut launch = kernel.args(&self.stream);
         launch.buf(&partials).buf(x).long(&n64);
@@ -1174,7 +1226,7 @@ impl Kernels {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: matches sum_squares_partial; partials holds one float per block.
+        // SAFETY: matches sum_*_partial; partials holds one float per block.
         unsafe { launch.launch(config) }?;
         let kernel = self.plain(SUM_PARTIALS)?;
         let count = blocks as i32;

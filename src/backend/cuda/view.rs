@@ -166,3 +166,31 @@ impl<T> ViewOf<T> for CudaSlice<T> {
         View::of(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    fn view<T>(address: u64, len: usize) -> View<T> {
+        View {
+            address,
+            len,
+            element: PhantomData,
+        }
+    }
+
+    #[test]
+    fn slices_move_the_address_by_whole_elements() {
+        let floats = view::<f32>(0x1000, 10);
+        let middle = floats.slice(2, 3).unwrap();
+        assert_eq!((middle.address(), middle.len()), (0x1008, 3));
+        assert_eq!(middle.bytes(), 12);
+        let halves = view::<bf16>(0x1000, 10).slice(9, 1).unwrap();
+        assert_eq!(halves.address(), 0x1012);
+        // The empty slice at the end is inside; one element past it is not.
+        assert!(floats.slice(10, 0).is_ok());
+        assert!(floats.slice(8, 3).is_err());
+        assert!(floats.slice(usize::MAX, 2).is_err());
+    }
+}
