@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use half::bf16;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::backend::CudaBackend;
 use crate::backend::cuda::{self, Gpu, kernels};
 use crate::bench::BenchConfig;
 use crate::data::ValData;
@@ -171,12 +173,13 @@ enum DataCommand {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Device {
-    /// The fastest device present (today: the CPU; the CUDA backend is not built yet).
+    /// GPU 0 where one opens (an NVIDIA driver and device are present), else the CPU.
     Auto,
     /// The CPU reference backend (f32, all cores).
     Cpu,
-    /// An NVIDIA GPU. The CUDA backend is not built yet, so this fails, saying why; `speedrun
-    /// check --device cuda` checks the kernels that exist.
+    /// NVIDIA GPU 0: bf16 activations, f32 weights, gradients and optimizer state; our kernels
+    /// and cuBLASLt. Not yet verified on hardware: `speedrun check --device cuda` compares it
+    /// with the CPU. Shampoo and SOAP are not available on it yet.
     Cuda,
 }
 
@@ -674,21 +677,31 @@ struct BenchArgs {
     /// Optimizer of the hidden matrices (the others use the architecture's AdamW).
     #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
     optimizer: OptimizerKind,
-    /// Sequences per step.
+    /// Sequences per micro-batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 64)]
     seq_len: usize,
+    /// Micro-batches per optimizer step (gradient accumulation): a step is
+    /// accum × batch × seq-len tokens, e.g. 32 × 16 × 1024 = 524,288 as in the speedrun.
+    #[arg(long, default_value_t = 1)]
+    accum: usize,
     /// Timed steps (the medians are reported).
     #[arg(long, default_value_t = 8)]
     steps: usize,
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Side of the square f32 matrix product timed for the peak; 0 skips it.
-    #[arg(long, default_value_t = 2048)]
-    gemm_size: usize,
+    /// Side of the square matrix product (activations times weights, in the backend's compute
+    /// precision: f32 on the CPU, bf16 on a GPU) timed for the peak behind the MFU; 0 skips it
+    /// [default: 2048 on the CPU, 8192 on a GPU].
+    #[arg(long)]
+    gemm_size: Option<usize>,
+    /// Also write the figures as JSON to this file (the keys scripts/torch_reference.py
+    /// writes, so scripts/gpu_session.sh can put both side by side).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Where to run.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
@@ -709,17 +722,29 @@ fn bench(args: &BenchArgs) -> Result<()> {
         model,
         batch: args.batch,
         seq_len: args.seq_len,
+        accum: args.accum,
         steps: args.steps,
         warmup: args.warmup,
-        gemm_size: args.gemm_size,
+        gemm_size: 0,
     };
     let mut backend = open_backend(args.device, args.threads)?;
+    // A GPU needs a large product to approach its peak; a 2-core CPU would take minutes on one.
+    let on_gpu = backend.describe().starts_with("cuda");
+    let config = BenchConfig {
+        gemm_size: args.gemm_size.unwrap_or(if on_gpu { 8192 } else { 2048 }),
+        ..config
+    };
     info!(
         "timing {} steps after {} warm-up steps",
         args.steps, args.warmup
     );
     let report = crate::bench::run(backend.as_mut(), &config)?;
     print!("{report}");
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.json())?;
+        crate::atomic::write_file(path, |file| writeln!(file, "{text}"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -1097,19 +1122,23 @@ fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backen
 
 /// A fresh backend for `device` (the CPU thread pool as already set).
 fn new_backend(device: Device) -> Result<Box<dyn Backend>> {
-    Ok(match device {
-        Device::Auto | Device::Cpu => Box::new(CpuBackend::<f32>::new()),
-        Device::Cuda => {
-            // Opening the GPU first gives the precise reason where there is none.
-            let gpu = Gpu::open(0)?;
-            bail!(
-                "found {} ({}), but the CUDA training backend is not built yet; \
-                 `speedrun check --device cuda` runs the kernels that exist",
-                gpu.name,
-                gpu.arch
-            )
-        }
-    })
+    let gpu = match device {
+        Device::Cpu => None,
+        // Opening the GPU first gives the one-sentence reason where there is none.
+        Device::Cuda => Some(Gpu::open(0)?),
+        // A GPU that opens is used; with none (no driver, no device), the CPU.
+        Device::Auto => Gpu::open(0).ok(),
+    };
+    let Some(gpu) = gpu else {
+        return Ok(Box::new(CpuBackend::<f32>::new()));
+    };
+    let backend = CudaBackend::<bf16>::on(gpu)
+        .context("cannot start the CUDA backend (--device cpu trains on the CPU instead)")?;
+    warn!(
+        "the CUDA backend has not yet been verified on a GPU: run `speedrun check --device cuda` \
+         on this machine before trusting its numbers"
+    );
+    Ok(Box::new(backend))
 }
 
 fn compile_kernels(args: &KernelsArgs) -> Result<()> {

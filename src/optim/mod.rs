@@ -29,7 +29,6 @@ pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::{AdamConfig, AdamVariant};
 pub use elementwise::Elementwise;
-pub(crate) use muon::NsProducts;
 pub use muon::{Muon, NewtonSchulzScratch, NsCoefficients, newton_schulz};
 pub use rmsprop::RmspropConfig;
 pub use sf_adamw::{ScheduleFree, SfAdamwConfig};

@@ -36,6 +36,8 @@ mod check_attention;
 mod check_matmul;
 #[path = "check_optim.rs"]
 mod check_optim;
+#[path = "check_step.rs"]
+mod check_step;
 
 pub const BF16_TOLERANCE: f64 = 1e-2;
 pub const F32_TOLERANCE: f64 = 1e-4;
@@ -149,7 +151,8 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     check.adam()?;
     check.optimizers()?;
     check.sum_squares()?;
-    check.matmul()?;
+    check.matmul(ordinal)?;
+    check.training_steps(ordinal)?;
     print!("{}", table(&check.comparisons));
     let failed = check.comparisons.iter().filter(|c| !c.passed()).count();
     if failed > 0 {

@@ -6,10 +6,10 @@ use anyhow::{Result, ensure};
 use half::bf16;
 
 use super::Check;
+use crate::backend::cuda::backend::CudaBackend;
 use crate::backend::cuda::matmul::{Matmul, MatmulElement};
-use crate::backend::cuda::newton_schulz::NewtonSchulz;
 use crate::backend::cuda::view::ViewOf;
-use crate::backend::{Backend, Gemm};
+use crate::backend::{Backend, BufferKind, Gemm};
 use crate::optim::{NewtonSchulzScratch, NsCoefficients, newton_schulz};
 
 const BATCH: usize = 3;
@@ -22,16 +22,18 @@ fn label(transpose: bool) -> &'static str {
 }
 
 impl Check<'_> {
-    pub(super) fn matmul(&mut self) -> Result<()> {
+    pub(super) fn matmul(&mut self, ordinal: usize) -> Result<()> {
         let mut matmul = Matmul::new(self.kernels.stream())?;
         self.gemm::<bf16, bf16>(&mut matmul)?;
         self.gemm::<bf16, f32>(&mut matmul)?;
         self.gemm::<f32, f32>(&mut matmul)?;
+        // Muon's Newton–Schulz as training runs it: the optimizer's code on the CUDA backend.
         // Wide and tall, 3 matrices each; an odd and an even number of steps, so the result
         // ends in the scratch buffer once and in place once.
+        let mut gpu = CudaBackend::<f32>::new(ordinal)?;
         for coefficients in [NsCoefficients::Quintic, NsCoefficients::Polar] {
             for (rows, cols, steps) in [(27, 45, 5), (45, 27, 4)] {
-                self.newton_schulz(&mut matmul, rows, cols, 3, steps, coefficients)?;
+                self.newton_schulz(&mut gpu, rows, cols, 3, steps, coefficients)?;
             }
         }
         Ok(())
@@ -107,7 +109,7 @@ impl Check<'_> {
 
     fn newton_schulz(
         &mut self,
-        matmul: &mut Matmul,
+        gpu: &mut CudaBackend<f32>,
         rows: usize,
         cols: usize,
         count: usize,
@@ -115,23 +117,16 @@ impl Check<'_> {
         coefficients: NsCoefficients,
     ) -> Result<()> {
         let x = self.random::<f32>(count * rows * cols, 1.0);
-        let gx = self.up::<f32>(&x)?;
-        let mut ns = NewtonSchulz::new(self.kernels, rows, cols, count)?;
-        ns.run(self.kernels, matmul, gx.view(), steps, coefficients)?;
-        let cx = self.tensor(&x)?;
-        let scratch = NewtonSchulzScratch::new(&mut self.cpu, &[(rows, cols, count)])?;
-        newton_schulz(
-            &mut self.cpu,
-            cx,
-            rows,
-            cols,
-            count,
-            steps,
-            coefficients,
-            &scratch,
-        )?;
+        let mut results = Vec::new();
+        for backend in [gpu as &mut dyn Backend, &mut self.cpu] {
+            let t = backend.alloc(x.len(), BufferKind::Scratch)?;
+            backend.write(t, &x)?;
+            let scratch = NewtonSchulzScratch::new(backend, &[(rows, cols, count)])?;
+            newton_schulz(backend, t, rows, cols, count, steps, coefficients, &scratch)?;
+            results.push((backend.read(t)?, t));
+        }
         let kernel = format!("newton_schulz {coefficients:?} {count}×{rows}×{cols}, {steps} steps");
-        let gpu = self.down(&gx)?;
-        self.compare(&kernel, "x", "f32", &gpu, cx)
+        let (gpu_x, cpu_x) = (&results[0].0, results[1].1);
+        self.compare(&kernel, "x", "f32", gpu_x, cpu_x)
     }
 }

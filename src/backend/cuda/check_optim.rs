@@ -1,14 +1,15 @@
 //! The element-wise optimizer kernels besides Adam's (compared in check.rs) against the CPU
 //! backend's `elementwise_update`: each rule with its options switched on, a few steps on fresh
 //! random gradients from the state the optimizer starts from, each step's rule made by
-//! [`UpdateRule::elementwise`] as training makes it (SGD's first step, Adagrad's decayed lr).
+//! [`UpdateRule::elementwise`] as training makes it (SGD's first step, Adagrad's decayed lr),
+//! and Schedule-Free AdamW's as its optimizer makes it.
 
 use anyhow::{Context, Result};
 use half::bf16;
 
 use super::{Check, Comparison, relative_error};
 use crate::backend::cuda::view::ViewOf;
-use crate::backend::{Backend, Tensor};
+use crate::backend::{Backend, ElementwiseRule, Tensor};
 use crate::optim::{AdadeltaConfig, AdagradConfig, RmspropConfig, SgdConfig, UpdateRule};
 
 /// Enough for SGD's first step and the momentum steps after it, and for Adagrad's lr to decay.
@@ -71,24 +72,44 @@ impl Check<'_> {
             ),
         ];
         for (kernel, rule) in cases {
-            self.optimizer(kernel, &rule)?;
+            let step_rule = |step| {
+                rule.elementwise(step, 1.0)
+                    .with_context(|| format!("{kernel}: not an element-wise rule"))
+            };
+            // As optim::Elementwise allocates it.
+            let initial = match &rule {
+                UpdateRule::Adagrad(c) => c.initial_accumulator_value,
+                _ => 0.0,
+            };
+            self.optimizer(kernel, step_rule, initial)?;
         }
-        Ok(())
+        // Schedule-Free AdamW's rule as optim::sf_adamw makes it without warm-up: the weight
+        // of step t's z in the average is 1/(t + 1). Its z starts at 0 here rather than at the
+        // weights, which changes nothing in what is compared.
+        let schedule_free = |step: usize| {
+            Ok(ElementwiseRule::ScheduleFree {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                averaging: 1.0 / (step + 1) as f32,
+                bias2: 1.0 - 0.999f32.powi(step as i32 + 1),
+            })
+        };
+        self.optimizer("schedule_free_update (wd)", schedule_free, 0.0)
     }
 
-    /// `STEPS` steps of `rule` on both sides from the same weights and initial state, then the
-    /// change of the weights and of each state tensor, and the bf16 copy of the last weights.
-    fn optimizer(&mut self, kernel: &str, rule: &UpdateRule) -> Result<()> {
-        let step_rule = |step| {
-            rule.elementwise(step, 1.0)
-                .with_context(|| format!("{kernel}: not an element-wise rule"))
-        };
+    /// `STEPS` steps of the rules `step_rule` makes on both sides from the same weights and
+    /// state (each state tensor starting at `initial`), then the change of the weights and of
+    /// each state tensor, and the bf16 copy of the last weights.
+    fn optimizer(
+        &mut self,
+        kernel: &str,
+        step_rule: impl Fn(usize) -> Result<ElementwiseRule>,
+        initial: f32,
+    ) -> Result<()> {
         let names = step_rule(0)?.state_names();
-        // As optim::Elementwise allocates it.
-        let initial = match rule {
-            UpdateRule::Adagrad(c) => c.initial_accumulator_value,
-            _ => 0.0,
-        };
         let param = self.random::<f32>(LEN, 1.0);
         let state = vec![initial; LEN];
 

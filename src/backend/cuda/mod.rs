@@ -11,11 +11,12 @@
 //! `speedrun check --device cuda` has not been run on hardware.
 
 pub mod attention;
+pub mod backend;
 pub mod check;
+pub mod elementwise;
 pub mod kernels;
 pub mod launch;
 pub mod matmul;
-pub mod newton_schulz;
 pub mod nvrtc;
 pub mod view;
 

@@ -1,0 +1,921 @@
+//! The CUDA training backend: [`Backend`] on one GPU, with the kernels of kernels/ and
+//! cuBLASLt.
+//!
+//! Memory follows the design card: every buffer the model or an optimizer allocates is one
+//! device allocation, and tensors are views into it. What a buffer holds decides its storage:
+//! activations and their gradients are `A` (bf16 to train, f32 to check against the CPU at f32
+//! tolerance); parameters, their gradients, optimizer state, per-row statistics, constants and
+//! scratch are f32. With bf16 activations each parameter buffer also has a bf16 copy, which the
+//! matrix products read; any write to the f32 weights marks the copy stale, and the next product
+//! refreshes it in one conversion pass, so the optimizers need not know about it.
+//!
+//! All work is queued on the GPU's one stream; only reads to the host, sums and `synchronize`
+//! wait for it. Scratch that depends on the shapes of a step (the bias and attention gradients')
+//! grows to its high-water mark during the first step and is reused after.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail, ensure};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
+
+use super::Gpu;
+use super::elementwise::bias_backward_scratch;
+use super::kernels::Cache;
+use super::launch::{Activation, Kernels};
+use super::matmul::{Dtype, Matmul, MatmulElement};
+use super::view::{self, View, ViewOf};
+use crate::backend::{
+    AttentionShape, Backend, BlockLayout, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor,
+};
+
+/// One device allocation, in the precision its kind is stored in.
+enum Memory {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<bf16>),
+}
+
+impl Memory {
+    fn dtype(&self) -> Dtype {
+        match self {
+            Memory::F32(_) => Dtype::F32,
+            Memory::Bf16(_) => Dtype::Bf16,
+        }
+    }
+}
+
+struct Buffer {
+    kind: BufferKind,
+    memory: Memory,
+    /// The bf16 copy of a parameter buffer that bf16 matrix products read, and whether it lags
+    /// the f32 weights.
+    shadow: Option<(CudaSlice<bf16>, bool)>,
+}
+
+/// Token ids on the device, and the host's copy of them (the embedding's backward pass sorts
+/// them on the host, and the loss checks its targets there).
+struct TokenBuffer {
+    device: CudaSlice<u32>,
+    host: Vec<u32>,
+}
+
+/// Matches the CPU's [`crate::backend::cpu`] layer by layer; `A` is how activations are stored.
+pub struct CudaBackend<A: MatmulElement> {
+    gpu: Gpu,
+    kernels: Kernels,
+    matmul: Matmul,
+    buffers: Vec<Buffer>,
+    tokens: Vec<TokenBuffer>,
+    /// Work space of the bias and attention gradients, grown on demand.
+    scratch: Option<CudaSlice<f32>>,
+    /// Bytes allocated through this backend, and the most at any time.
+    allocated: u64,
+    peak: u64,
+    activations: PhantomData<A>,
+}
+
+/// How a buffer of `kind` is stored when activations are stored as `activations`.
+fn storage(kind: BufferKind, activations: Dtype) -> Dtype {
+    match kind {
+        BufferKind::Activations | BufferKind::ActivationGradients => activations,
+        BufferKind::Parameters
+        | BufferKind::Gradients
+        | BufferKind::OptimizerState
+        | BufferKind::Statistics
+        | BufferKind::Constants
+        | BufferKind::Scratch => Dtype::F32,
+    }
+}
+
+/// Whether a buffer of `kind` keeps a bf16 copy for the matrix products.
+fn has_bf16_copy(kind: BufferKind, activations: Dtype) -> bool {
+    kind == BufferKind::Parameters && activations == Dtype::Bf16
+}
+
+fn gib(bytes: usize) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
+
+/// A zeroed device allocation of `len` elements, or an error that says how much was asked.
+fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    len: usize,
+    what: &str,
+) -> Result<CudaSlice<T>> {
+    stream.alloc_zeros::<T>(len).with_context(|| {
+        format!(
+            "cannot allocate {:.2} GiB on the GPU for {what}",
+            gib(len * std::mem::size_of::<T>())
+        )
+    })
+}
+
+impl<A: MatmulElement> CudaBackend<A> {
+    /// Opens GPU `ordinal` and runs on it (see [`CudaBackend::on`]).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::on(Gpu::open(ordinal)?)
+    }
+
+    /// Loads every kernel on `gpu` (compiling those the disk cache lacks) and makes a
+    /// cuBLASLt handle.
+    pub fn on(gpu: Gpu) -> Result<Self> {
+        let cache = Cache::new(
+            Cache::default_dir().context("no cache directory for compiled kernels: set HOME")?,
+        );
+        let kernels = Kernels::load(&gpu, &cache)?;
+        let matmul = Matmul::new(&gpu.stream)?;
+        Ok(CudaBackend {
+            gpu,
+            kernels,
+            matmul,
+            buffers: Vec::new(),
+            tokens: Vec::new(),
+            scratch: None,
+            allocated: 0,
+            peak: 0,
+            activations: PhantomData,
+        })
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.gpu.stream
+    }
+
+    fn count(&mut self, bytes: usize) {
+        self.allocated += bytes as u64;
+        self.peak = self.peak.max(self.allocated);
+    }
+
+    fn buffer(&self, t: Tensor) -> Result<&Buffer> {
+        self.buffers
+            .get(t.buffer)
+            .with_context(|| format!("no GPU buffer {} (tensor {t:?})", t.buffer))
+    }
+
+    /// The view of tensor `t`, which must be stored as `T`.
+    fn view<T: MatmulElement>(&self, t: Tensor) -> Result<View<T>> {
+        let buffer = self.buffer(t)?;
+        let whole = match (&buffer.memory, T::DTYPE) {
+            (Memory::F32(slice), Dtype::F32) => slice.view().cast::<T>(),
+            (Memory::Bf16(slice), Dtype::Bf16) => slice.view().cast::<T>(),
+            (memory, _) => bail!(
+                "a {:?} tensor is stored as {:?}, where this operation needs {}",
+                buffer.kind,
+                memory.dtype(),
+                T::NAME
+            ),
+        };
+        whole.slice(t.offset, t.len)
+    }
+
+    fn f32(&self, t: Tensor) -> Result<View<f32>> {
+        self.view::<f32>(t)
+    }
+
+    fn act(&self, t: Tensor) -> Result<View<A>> {
+        self.view::<A>(t)
+    }
+
+    fn token_buffer(&self, t: TokenTensor) -> Result<(View<u32>, &[u32])> {
+        let buffer = self
+            .tokens
+            .get(t.buffer)
+            .with_context(|| format!("no GPU token buffer {}", t.buffer))?;
+        ensure!(
+            t.len <= buffer.host.len(),
+            "token tensor longer than its buffer"
+        );
+        Ok((buffer.device.view().slice(0, t.len)?, &buffer.host[..t.len]))
+    }
+
+    /// Notes a write to `t`: a parameter buffer's bf16 copy no longer matches it.
+    fn wrote(&mut self, t: Tensor) {
+        if let Some(Buffer {
+            shadow: Some((_, stale)),
+            ..
+        }) = self.buffers.get_mut(t.buffer)
+        {
+            *stale = true;
+        }
+    }
+
+    /// The weights of a matrix product as `A`: the bf16 copy of a parameter buffer (refreshed
+    /// if stale), or the tensor itself where it is stored as `A`.
+    fn weights(&mut self, t: Tensor) -> Result<View<A>> {
+        let buffer = self
+            .buffers
+            .get_mut(t.buffer)
+            .with_context(|| format!("no GPU buffer {}", t.buffer))?;
+        let (Memory::F32(master), Some((shadow, stale))) = (&buffer.memory, &mut buffer.shadow)
+        else {
+            return self.act(t);
+        };
+        if *stale {
+            self.kernels
+                .convert_to_bf16(&shadow.view(), &master.view())?;
+            *stale = false;
+        }
+        Ok(shadow.view().slice(t.offset, t.len)?.cast::<A>())
+    }
+
+    /// At least `len` floats of scratch, valid until the next call.
+    fn scratch(&mut self, len: usize) -> Result<View<f32>> {
+        let have = self.scratch.as_ref().map_or(0, |s| s.len());
+        if have < len {
+            // Freed in stream order: kernels queued on the old scratch finish first.
+            self.scratch = None;
+            self.allocated -= (have * 4) as u64;
+            self.scratch = Some(alloc::<f32>(self.stream(), len, "scratch")?);
+            self.count(len * 4);
+        }
+        let scratch = self.scratch.as_ref().expect("allocated above");
+        scratch.view().slice(0, len)
+    }
+
+    /// The error of the matrix-preconditioner operations, which have no GPU version yet.
+    fn no_solver(&self, what: &str) -> Result<()> {
+        bail!(
+            "{what} has no CUDA implementation yet, so Shampoo and SOAP train on the CPU only \
+             (--device cpu)"
+        )
+    }
+}
+
+impl<A: MatmulElement> Backend for CudaBackend<A> {
+    fn describe(&self) -> String {
+        format!(
+            "cuda: {} ({}; {} activations, f32 weights, gradients and optimizer state)",
+            self.gpu.name,
+            self.gpu.arch,
+            A::NAME
+        )
+    }
+
+    fn alloc(&mut self, len: usize, kind: BufferKind) -> Result<Tensor> {
+        let what = format!("a {kind:?} buffer");
+        let memory = match storage(kind, A::DTYPE) {
+            Dtype::Bf16 => {
+                self.count(len * 2);
+                Memory::Bf16(alloc(self.stream(), len, &what)?)
+            }
+            Dtype::F32 => {
+                self.count(len * 4);
+                Memory::F32(alloc(self.stream(), len, &what)?)
+            }
+        };
+        let shadow = if has_bf16_copy(kind, A::DTYPE) {
+            self.count(len * 2);
+            Some((
+                alloc(self.stream(), len, "the bf16 copy of the weights")?,
+                true,
+            ))
+        } else {
+            None
+        };
+        self.buffers.push(Buffer {
+            kind,
+            memory,
+            shadow,
+        });
+        Ok(Tensor {
+            buffer: self.buffers.len() - 1,
+            offset: 0,
+            len,
+        })
+    }
+
+    fn alloc_tokens(&mut self, len: usize) -> Result<TokenTensor> {
+        let device = alloc::<u32>(self.stream(), len, "token ids")?;
+        self.count(len * 4);
+        self.tokens.push(TokenBuffer {
+            device,
+            host: vec![0; len],
+        });
+        Ok(TokenTensor {
+            buffer: self.tokens.len() - 1,
+            len,
+        })
+    }
+
+    fn write(&mut self, dst: Tensor, src: &[f32]) -> Result<()> {
+        ensure!(
+            src.len() == dst.len,
+            "write of {} values into a tensor of {}",
+            src.len(),
+            dst.len
+        );
+        match self.buffer(dst)?.memory.dtype() {
+            Dtype::F32 => view::upload(self.stream(), self.f32(dst)?, src)?,
+            Dtype::Bf16 => {
+                let host: Vec<bf16> = src.iter().map(|&x| bf16::from_f32(x)).collect();
+                view::upload(self.stream(), self.view::<bf16>(dst)?, &host)?
+            }
+        }
+        self.wrote(dst);
+        Ok(())
+    }
+
+    fn read(&mut self, src: Tensor) -> Result<Vec<f32>> {
+        Ok(match self.buffer(src)?.memory.dtype() {
+            Dtype::F32 => view::download(self.stream(), self.f32(src)?)?,
+            Dtype::Bf16 => view::download(self.stream(), self.view::<bf16>(src)?)?
+                .into_iter()
+                .map(bf16::to_f32)
+                .collect(),
+        })
+    }
+
+    fn write_tokens(&mut self, dst: TokenTensor, src: &[u32]) -> Result<()> {
+        ensure!(
+            src.len() == dst.len,
+            "write of {} tokens into a buffer of {}",
+            src.len(),
+            dst.len
+        );
+        let (device, _) = self.token_buffer(dst)?;
+        view::upload(self.stream(), device, src)?;
+        self.tokens[dst.buffer].host[..dst.len].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn fill(&mut self, dst: Tensor, value: f32) -> Result<()> {
+        let dtype = self.buffer(dst)?.memory.dtype();
+        match (dtype, value == 0.0) {
+            (Dtype::F32, true) => view::zero(self.stream(), self.f32(dst)?)?,
+            (Dtype::Bf16, true) => view::zero(self.stream(), self.view::<bf16>(dst)?)?,
+            (Dtype::F32, false) => self.kernels.fill(&self.f32(dst)?, value)?,
+            (Dtype::Bf16, false) => self.kernels.fill(&self.view::<bf16>(dst)?, value)?,
+        }
+        self.wrote(dst);
+        Ok(())
+    }
+
+    fn copy(&mut self, dst: Tensor, src: Tensor) -> Result<()> {
+        let types = (
+            self.buffer(dst)?.memory.dtype(),
+            self.buffer(src)?.memory.dtype(),
+        );
+        match types {
+            (Dtype::F32, Dtype::F32) => view::copy(self.stream(), self.f32(dst)?, self.f32(src)?)?,
+            (Dtype::Bf16, Dtype::Bf16) => view::copy(
+                self.stream(),
+                self.view::<bf16>(dst)?,
+                self.view::<bf16>(src)?,
+            )?,
+            (Dtype::Bf16, Dtype::F32) => self
+                .kernels
+                .convert_to_bf16(&self.view::<bf16>(dst)?, &self.f32(src)?)?,
+            (Dtype::F32, Dtype::Bf16) => self
+                .kernels
+                .convert_to_f32(&self.f32(dst)?, &self.view::<bf16>(src)?)?,
+        }
+        self.wrote(dst);
+        Ok(())
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        self.stream()
+            .synchronize()
+            .context("a GPU kernel or copy failed")
+    }
+
+    fn peak_memory_bytes(&self) -> u64 {
+        self.peak
+    }
+
+    fn embedding_forward(
+        &mut self,
+        out: Tensor,
+        tokens: TokenTensor,
+        table: Tensor,
+        positions: Option<Tensor>,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let (tokens, _) = self.token_buffer(tokens)?;
+        let positions = positions.map(|p| self.f32(p)).transpose()?;
+        self.kernels.embedding_forward(
+            &self.act(out)?,
+            &tokens,
+            &self.f32(table)?,
+            positions.as_ref(),
+            seq_len,
+            channels,
+        )
+    }
+
+    fn embedding_backward(
+        &mut self,
+        dtable: Tensor,
+        dpositions: Option<Tensor>,
+        dout: Tensor,
+        tokens: TokenTensor,
+        seq_len: usize,
+        channels: usize,
+    ) -> Result<()> {
+        let dpositions = dpositions.map(|p| self.f32(p)).transpose()?;
+        let (_, host_tokens) = self.token_buffer(tokens)?;
+        self.kernels.embedding_backward(
+            &self.f32(dtable)?,
+            dpositions.as_ref(),
+            &self.act(dout)?,
+            host_tokens,
+            seq_len,
+            channels,
+        )
+    }
+
+    fn layernorm_forward(
+        &mut self,
+        out: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        bias: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels.layernorm_forward(
+            &self.act(out)?,
+            &self.f32(mean)?,
+            &self.f32(rstd)?,
+            &self.act(inp)?,
+            &self.f32(weight)?,
+            &self.f32(bias)?,
+            channels,
+        )
+    }
+
+    fn layernorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dweight: Tensor,
+        dbias: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        mean: Tensor,
+        rstd: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels.layernorm_backward(
+            &self.act(dinp)?,
+            &self.f32(dweight)?,
+            &self.f32(dbias)?,
+            &self.act(dout)?,
+            &self.act(inp)?,
+            &self.f32(weight)?,
+            &self.f32(mean)?,
+            &self.f32(rstd)?,
+            channels,
+        )
+    }
+
+    fn rmsnorm_forward(
+        &mut self,
+        out: Tensor,
+        rstd: Tensor,
+        inp: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels
+            .rmsnorm_forward(&self.act(out)?, &self.f32(rstd)?, &self.act(inp)?, channels)
+    }
+
+    fn rmsnorm_backward(
+        &mut self,
+        dinp: Tensor,
+        dout: Tensor,
+        inp: Tensor,
+        rstd: Tensor,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels.rmsnorm_backward(
+            &self.act(dinp)?,
+            &self.act(dout)?,
+            &self.act(inp)?,
+            &self.f32(rstd)?,
+            channels,
+        )
+    }
+
+    fn qk_norm_forward(
+        &mut self,
+        out: Tensor,
+        rstd: Tensor,
+        qkv: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels.qk_norm_forward(
+            &self.act(out)?,
+            &self.f32(rstd)?,
+            &self.act(qkv)?,
+            heads,
+            channels,
+        )
+    }
+
+    fn qk_norm_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        rstd: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels.qk_norm_backward(
+            &self.act(dqkv)?,
+            &self.act(dout)?,
+            &self.act(qkv)?,
+            &self.f32(rstd)?,
+            heads,
+            channels,
+        )
+    }
+
+    fn rope_forward(&mut self, qkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()> {
+        self.kernels
+            .rope(&self.act(qkv)?, &self.f32(table)?, shape, false)
+    }
+
+    fn rope_backward(&mut self, dqkv: Tensor, table: Tensor, shape: AttentionShape) -> Result<()> {
+        self.kernels
+            .rope(&self.act(dqkv)?, &self.f32(table)?, shape, true)
+    }
+
+    fn matmul_forward(
+        &mut self,
+        out: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        bias: Option<Tensor>,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<()> {
+        let weights = self.weights(weight)?;
+        let (out_view, inp) = (self.act(out)?, self.act(inp)?);
+        let shape = Gemm {
+            batch: 1,
+            m: rows,
+            n: out_dim,
+            k: in_dim,
+            transpose_a: false,
+            transpose_b: true,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        self.matmul
+            .gemm::<A, A>(out_view, inp, weights, None, shape)?;
+        if let Some(bias) = bias {
+            self.kernels.add_bias(&out_view, &self.f32(bias)?)?;
+        }
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &mut self,
+        dinp: Tensor,
+        dweight: Tensor,
+        dbias: Option<Tensor>,
+        dout: Tensor,
+        inp: Tensor,
+        weight: Tensor,
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+    ) -> Result<()> {
+        let weights = self.weights(weight)?;
+        let (dinp, dout_view, inp) = (self.act(dinp)?, self.act(dout)?, self.act(inp)?);
+        // dinp (rows × in) = dout (rows × out) · W (out × in).
+        let input_gradient = Gemm {
+            batch: 1,
+            m: rows,
+            n: in_dim,
+            k: out_dim,
+            transpose_a: false,
+            transpose_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        self.matmul
+            .gemm::<A, A>(dinp, dout_view, weights, None, input_gradient)?;
+        // dW (out × in) += doutᵀ · inp, accumulated in f32.
+        let weight_gradient = Gemm {
+            batch: 1,
+            m: out_dim,
+            n: in_dim,
+            k: rows,
+            transpose_a: true,
+            transpose_b: false,
+            alpha: 1.0,
+            beta: 1.0,
+        };
+        let dweight = self.f32(dweight)?;
+        self.matmul
+            .gemm::<A, f32>(dweight, dout_view, inp, None, weight_gradient)?;
+        if let Some(dbias) = dbias {
+            let scratch = self.scratch(bias_backward_scratch(rows, out_dim))?;
+            self.kernels
+                .bias_backward(&self.f32(dbias)?, &dout_view, &scratch)?;
+        }
+        Ok(())
+    }
+
+    fn attention_forward(
+        &mut self,
+        out: Tensor,
+        lse: Tensor,
+        qkv: Tensor,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        self.kernels
+            .attention_forward(&self.act(out)?, &self.f32(lse)?, &self.act(qkv)?, shape)
+    }
+
+    fn attention_backward(
+        &mut self,
+        dqkv: Tensor,
+        dout: Tensor,
+        qkv: Tensor,
+        out: Tensor,
+        lse: Tensor,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        let scratch = self.scratch(Kernels::attention_backward_scratch(shape))?;
+        self.kernels.attention_backward(
+            &self.act(dqkv)?,
+            &self.act(dout)?,
+            &self.act(qkv)?,
+            &self.act(out)?,
+            &self.f32(lse)?,
+            &scratch,
+            shape,
+        )
+    }
+
+    fn attention_decode(
+        &mut self,
+        out: Tensor,
+        qkv: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        heads: usize,
+        channels: usize,
+    ) -> Result<()> {
+        self.kernels.attention_decode(
+            &self.act(out)?,
+            &self.act(qkv)?,
+            &self.act(keys)?,
+            &self.act(values)?,
+            heads,
+            channels,
+        )
+    }
+
+    fn gelu_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        self.kernels
+            .activation_forward(Activation::Gelu, &self.act(out)?, &self.act(inp)?)
+    }
+
+    fn gelu_backward(&mut self, dinp: Tensor, dout: Tensor, inp: Tensor) -> Result<()> {
+        self.kernels.activation_backward(
+            Activation::Gelu,
+            &self.act(dinp)?,
+            &self.act(dout)?,
+            &self.act(inp)?,
+        )
+    }
+
+    fn relu2_forward(&mut self, out: Tensor, inp: Tensor) -> Result<()> {
+        self.kernels
+            .activation_forward(Activation::Relu2, &self.act(out)?, &self.act(inp)?)
+    }
+
+    fn relu2_backward(&mut self, dinp: Tensor, dout: Tensor, inp: Tensor) -> Result<()> {
+        self.kernels.activation_backward(
+            Activation::Relu2,
+            &self.act(dinp)?,
+            &self.act(dout)?,
+            &self.act(inp)?,
+        )
+    }
+
+    fn add(&mut self, out: Tensor, a: Tensor, b: Tensor) -> Result<()> {
+        self.kernels
+            .add(&self.act(out)?, &self.act(a)?, &self.act(b)?)
+    }
+
+    fn softmax_cross_entropy(
+        &mut self,
+        logits: Tensor,
+        losses: Tensor,
+        targets: TokenTensor,
+        vocab: usize,
+        padded_vocab: usize,
+        softcap: Option<f32>,
+        grad_scale: Option<f32>,
+    ) -> Result<()> {
+        let (logits, losses) = (self.act(logits)?, self.f32(losses)?);
+        let (targets_dev, targets_host) = self.token_buffer(targets)?;
+        self.kernels.softmax_cross_entropy(
+            &logits,
+            &losses,
+            &targets_dev,
+            targets_host,
+            vocab,
+            padded_vocab,
+            softcap,
+            grad_scale,
+        )
+    }
+
+    fn sum(&mut self, t: Tensor) -> Result<f64> {
+        self.kernels.sum(&self.f32(t)?)
+    }
+
+    fn sum_squares(&mut self, t: Tensor) -> Result<f64> {
+        self.kernels.sum_squares(&self.f32(t)?)
+    }
+
+    fn scale(&mut self, t: Tensor, factor: f32) -> Result<()> {
+        match self.buffer(t)?.memory.dtype() {
+            Dtype::F32 => self.kernels.scale(&self.f32(t)?, factor)?,
+            Dtype::Bf16 => self.kernels.scale(&self.view::<bf16>(t)?, factor)?,
+        }
+        self.wrote(t);
+        Ok(())
+    }
+
+    fn elementwise_update(
+        &mut self,
+        rule: ElementwiseRule,
+        param: Tensor,
+        grad: Tensor,
+        state: &[Tensor],
+    ) -> Result<()> {
+        let state = state
+            .iter()
+            .map(|&s| self.f32(s))
+            .collect::<Result<Vec<_>>>()?;
+        self.kernels
+            .elementwise_update(rule, &self.f32(param)?, &self.f32(grad)?, &state, None)?;
+        self.wrote(param);
+        Ok(())
+    }
+
+    fn lerp(&mut self, x: Tensor, end: Tensor, weight: f32) -> Result<()> {
+        self.kernels.lerp(&self.f32(x)?, &self.f32(end)?, weight)?;
+        self.wrote(x);
+        Ok(())
+    }
+
+    fn muon_momentum(
+        &mut self,
+        update: Tensor,
+        momentum: Tensor,
+        grad: Tensor,
+        beta: f32,
+        nesterov: bool,
+    ) -> Result<()> {
+        self.kernels.muon_momentum(
+            &self.f32(update)?,
+            &self.f32(momentum)?,
+            &self.f32(grad)?,
+            beta,
+            nesterov,
+        )
+    }
+
+    fn apply_update(
+        &mut self,
+        param: Tensor,
+        update: Tensor,
+        step_size: f32,
+        decay: f32,
+    ) -> Result<()> {
+        self.kernels
+            .apply_update(&self.f32(param)?, &self.f32(update)?, step_size, decay)?;
+        self.wrote(param);
+        Ok(())
+    }
+
+    fn normalize_frobenius(&mut self, x: Tensor, batch: usize, eps: f32) -> Result<()> {
+        self.kernels
+            .frobenius_normalize(&self.f32(x)?, batch, eps, 1.0)?;
+        self.wrote(x);
+        Ok(())
+    }
+
+    fn gemm(&mut self, out: Tensor, a: Tensor, b: Tensor, shape: Gemm) -> Result<()> {
+        let (out_view, a, b) = (self.f32(out)?, self.f32(a)?, self.f32(b)?);
+        self.matmul.gemm::<f32, f32>(out_view, a, b, None, shape)?;
+        self.wrote(out);
+        Ok(())
+    }
+
+    fn adam_direction(
+        &mut self,
+        _out: Tensor,
+        _grad: Tensor,
+        _m: Tensor,
+        _v: Tensor,
+        _beta1: f32,
+        _beta2: f32,
+        _eps: f32,
+        _step: u32,
+    ) -> Result<()> {
+        self.no_solver("the grafted Adam direction")
+    }
+
+    fn match_norms(&mut self, _x: Tensor, _target: Tensor, _batch: usize) -> Result<()> {
+        self.no_solver("layer-wise grafting")
+    }
+
+    fn pack_blocks(
+        &mut self,
+        _blocks: Tensor,
+        _matrices: Tensor,
+        _layout: BlockLayout,
+    ) -> Result<()> {
+        self.no_solver("blocking matrices into tiles")
+    }
+
+    fn unpack_blocks(
+        &mut self,
+        _matrices: Tensor,
+        _blocks: Tensor,
+        _layout: BlockLayout,
+    ) -> Result<()> {
+        self.no_solver("unblocking tiles")
+    }
+
+    fn symmetric_eigen(
+        &mut self,
+        _matrices: Tensor,
+        _n: usize,
+        _batch: usize,
+        _eigenvalues: Tensor,
+        _eigenvectors: Tensor,
+    ) -> Result<()> {
+        self.no_solver("the symmetric eigensolver")
+    }
+
+    fn scale_eigenvectors(
+        &mut self,
+        _out: Tensor,
+        _eigenvectors: Tensor,
+        _eigenvalues: Tensor,
+        _n: usize,
+        _batch: usize,
+        _exponent: f32,
+        _eps: f32,
+    ) -> Result<()> {
+        self.no_solver("the inverse root from eigenvectors")
+    }
+
+    fn orthonormalize(
+        &mut self,
+        _matrices: Tensor,
+        _n: usize,
+        _batch: usize,
+        _rank_by: Option<Tensor>,
+    ) -> Result<()> {
+        self.no_solver("QR orthonormalisation")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_activations_and_their_gradients_take_the_activation_type() {
+        use BufferKind as K;
+        let all = [
+            K::Parameters,
+            K::Gradients,
+            K::Activations,
+            K::ActivationGradients,
+            K::OptimizerState,
+            K::Statistics,
+            K::Constants,
+            K::Scratch,
+        ];
+        for kind in all {
+            assert_eq!(storage(kind, Dtype::F32), Dtype::F32, "{kind:?}");
+            let bf16 = matches!(kind, K::Activations | K::ActivationGradients);
+            let expected = if bf16 { Dtype::Bf16 } else { Dtype::F32 };
+            assert_eq!(storage(kind, Dtype::Bf16), expected, "{kind:?}");
+            assert_eq!(
+                has_bf16_copy(kind, Dtype::Bf16),
+                kind == K::Parameters,
+                "{kind:?}"
+            );
+            assert!(!has_bf16_copy(kind, Dtype::F32), "{kind:?}");
+        }
+    }
+}
