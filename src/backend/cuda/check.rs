@@ -8,9 +8,10 @@
 //!
 //! The cuBLASLt matrix products and Newton–Schulz are compared in check_matmul.rs, the
 //! element-wise optimizer rules other than Adam in check_optim.rs, flash attention in
-//! check_attention.rs.
+//! check_attention.rs, one whole training step of each architecture through the CUDA backend in
+//! check_step.rs.
 //!
-//! Not yet run on a GPU. Not yet here: the comparison of one whole training step.
+//! Not yet run on a GPU.
 
 use anyhow::{Result, bail};
 use cudarc::driver::CudaSlice;

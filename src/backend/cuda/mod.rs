@@ -1,13 +1,13 @@
 //! The CUDA side: opening a GPU, compiling the kernels of kernels/ with NVRTC, launching them,
-//! and checking them against the CPU reference.
+//! the training backend built on them ([`backend::CudaBackend`]), and checking all of it against
+//! the CPU reference.
 //!
-//! There is no CUDA training backend yet (no [`crate::backend::Backend`] implementation):
-//! what exists is the foundation it will stand on. Everything CUDA is loaded at run time
+//! Everything CUDA is loaded at run time
 //! (cudarc's dynamic loading), so the binary builds and runs its CPU paths on a machine with no
 //! CUDA at all; cudarc panics when a library it needs is missing, so every entry point here asks
 //! whether the library is present first and returns an error instead.
 //!
-//! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`), but
+//! None of this has run on a GPU yet: the kernels compile (`speedrun kernels`, and CI), but
 //! `speedrun check --device cuda` has not been run on hardware.
 
 pub mod attention;
