@@ -481,6 +481,431 @@ __device__ void attention_decode(T* out, const T* qkv, const T* keys, const T* v
     }
 }
 
+// ---- Tensor-core path: T = bf16, D = 64 --------------------------------------------------
+//
+// The same three tiled kernels (forward, dK/dV, dQ; the backward's dvec comes from
+// attention_backward_preprocess_bf16) with their products on tensor cores:
+// mma.sync.m16n8k16 with bf16 operands and float accumulators, which sm_80 and sm_90 both run.
+// Blocks of 4 warps own 64-row tiles (16 rows per warp, the mma's M) and stream 64-row tiles
+// of the other side. Tiles live in shared memory as bf16, rows MMA_LD = 72 apart: a fragment
+// load touches 8 rows at 4 consecutive words each, and the 36-word stride puts those 8 rows on
+// 8 different groups of 4 banks. Operands needed as the mma's column-major B along the other
+// axis (V in P·V, K in dS·K, Q and dO in dSᵀ·Q and Pᵀ·dO) are stored transposed as they are
+// loaded. Probabilities and dS are rounded to bf16 to enter the second product (as
+// FlashAttention-2 does); the softmax statistics, accumulators and all other arithmetic are
+// float. The launcher picks these kernels for bf16 heads of 64 whose tensors are 4-byte aligned.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16 .bf16), with g = lane / 4 and t = lane % 4:
+// - A (16×16, row-major), 4 registers of 2 bf16: A[g][2t..2t+1], A[g+8][2t..2t+1],
+//   A[g][2t+8..2t+9], A[g+8][2t+8..2t+9];
+// - B (16×8, column-major), 2 registers: B[2t..2t+1][g], B[2t+8..2t+9][g];
+// - C, D (16×8 float): C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1].
+// So the accumulators of two adjacent n-tiles of a product are, packed in pairs, the A fragment
+// of the next product's k-step, without going through shared memory.
+
+#define MMA_D 64
+#define MMA_TILE 64
+#define MMA_LD 72
+#define MMA_WARPS 4
+
+// d += a·b for one m16n8k16 tile.
+__device__ __forceinline__ void mma_bf16(float* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+        "{%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats as bf16, the first in the low half (the lower column of a fragment).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    return (u32)to_bf16(lo).bits | ((u32)to_bf16(hi).bits << 16);
+}
+
+// The two bf16 at (row, col) and (row, col + 1) of a shared tile; col is even.
+__device__ __forceinline__ u32 tile_pair(const bf16* tile, int row, int col) {
+    return *reinterpret_cast<const u32*>(tile + row * MMA_LD + col);
+}
+
+// The A fragment of rows [row, row + 16) and columns [col, col + 16) of a shared tile.
+__device__ __forceinline__ void load_a(u32* a, const bf16* tile, int row, int col) {
+    const int g = (threadIdx.x % WARP_SIZE) / 4;
+    const int t = threadIdx.x % 4;
+    a[0] = tile_pair(tile, row + g, col + 2 * t);
+    a[1] = tile_pair(tile, row + g + 8, col + 2 * t);
+    a[2] = tile_pair(tile, row + g, col + 2 * t + 8);
+    a[3] = tile_pair(tile, row + g + 8, col + 2 * t + 8);
+}
+
+// d += A·B where B (16×8) is columns [k, k + 16) of rows [n, n + 8) of a shared tile, i.e. the
+// tile holds Bᵀ row-major.
+__device__ __forceinline__ void mma_tile(float* d, const u32* a, const bf16* tile, int n, int k) {
+    const int g = (threadIdx.x % WARP_SIZE) / 4;
+    const int t = threadIdx.x % 4;
+    mma_bf16(d, a, tile_pair(tile, n + g, k + 2 * t), tile_pair(tile, n + g, k + 2 * t + 8));
+}
+
+// The A fragment for k-step kk of a product whose left operand is the float accumulators
+// acc[8j..8j+7 columns][4] of a previous one: n-tiles 2kk and 2kk + 1, rounded to bf16.
+__device__ __forceinline__ void acc_to_a(u32* a, const float (*acc)[4], int kk) {
+    a[0] = pack_bf16(acc[2 * kk][0], acc[2 * kk][1]);
+    a[1] = pack_bf16(acc[2 * kk][2], acc[2 * kk][3]);
+    a[2] = pack_bf16(acc[2 * kk + 1][0], acc[2 * kk + 1][1]);
+    a[3] = pack_bf16(acc[2 * kk + 1][2], acc[2 * kk + 1][3]);
+}
+
+// Rows [first, first + 64) of one head (64 wide, rows `row_stride` apart in src, 4-byte
+// aligned) into `tile` (row-major) and/or `tile_t` (transposed: tile_t[d][r]), either may be
+// null; rows at or past seq are zero. All threads take part; the caller synchronises.
+__device__ void mma_load_tile(bf16* tile, bf16* tile_t, const bf16* src, i64 row_stride,
+                              int first, int seq) {
+    for (int i = threadIdx.x; i < MMA_TILE * MMA_D / 2; i += blockDim.x) {
+        const int r = i / (MMA_D / 2);
+        const int c = (i % (MMA_D / 2)) * 2;
+        const int row = first + r;
+        const u32 v = row < seq ? *reinterpret_cast<const u32*>(src + (i64)row * row_stride + c) : 0u;
+        if (tile != nullptr) *reinterpret_cast<u32*>(tile + r * MMA_LD + c) = v;
+        if (tile_t != nullptr) {
+            tile_t[c * MMA_LD + r].bits = (unsigned short)(v & 0xffffu);
+            tile_t[(c + 1) * MMA_LD + r].bits = (unsigned short)(v >> 16);
+        }
+    }
+}
+
+// Forward on tensor cores. Grid (query tiles of 64, batch·H), 128 threads; warp w owns query
+// rows q0 + 16w .. + 16 (this thread: rows q0 + 16w + g and + 8), its Q fragments in registers.
+// Per key tile of 64: S = Q·Kᵀ (K row-major is Kᵀ's column-major), scale and causal mask, the
+// online softmax on each row (row max over the 4 threads of a quad; each thread keeps a partial
+// row sum l, reduced over the quad at the end, which is valid because every rescaling factor
+// is the same across the quad), O += P·V (V transposed). k0 ≤ q0 for every tile visited, so
+// each row's maximum is finite from the first tile on. Static shared memory: Q (then unused),
+// K and Vᵀ tiles, 27 KiB.
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * WARP_SIZE)
+    attention_forward_mma(bf16* out, float* lse, const bf16* qkv, int seq, int H, int C) {
+    __shared__ __align__(16) bf16 q_tile[MMA_TILE * MMA_LD];
+    __shared__ __align__(16) bf16 k_tile[MMA_TILE * MMA_LD];
+    __shared__ __align__(16) bf16 v_t[MMA_D * MMA_LD];
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int t = lane % 4;
+    const int bh = blockIdx.y;
+    const int b = bh / H;
+    const int h = bh % H;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * MMA_TILE;
+    const i64 stride = 3 * (i64)C;
+    const bf16* q_src = qkv + (i64)b * seq * stride + (i64)h * MMA_D;
+    const float scale = attn_scale(MMA_D);
+
+    mma_load_tile(q_tile, nullptr, q_src, stride, q0, seq);
+    __syncthreads();
+    u32 qf[MMA_D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < MMA_D / 16; kk++) load_a(qf[kk], q_tile, warp * 16, kk * 16);
+    const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
+
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    float o[MMA_D / 8][4];
+#pragma unroll
+    for (int j = 0; j < MMA_D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    const int last_key = min(seq, q0 + MMA_TILE) - 1;
+    for (int k0 = 0; k0 <= last_key; k0 += MMA_TILE) {
+        __syncthreads();  // the previous tiles are no longer read
+        mma_load_tile(k_tile, nullptr, q_src + C, stride, k0, seq);
+        mma_load_tile(nullptr, v_t, q_src + 2 * C, stride, k0, seq);
+        __syncthreads();
+
+        float s[MMA_TILE / 8][4];
+#pragma unroll
+        for (int j = 0; j < MMA_TILE / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < MMA_D / 16; kk++) {
+#pragma unroll
+            for (int j = 0; j < MMA_TILE / 8; j++) mma_tile(s[j], qf[kk], k_tile, 8 * j, 16 * kk);
+        }
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int j = 0; j < MMA_TILE / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = k0 + 8 * j + 2 * t + (e & 1);
+                s[j][e] = key <= row[e / 2] ? s[j][e] * scale : NEG_INF;
+                mx[e / 2] = fmaxf(mx[e / 2], s[j][e]);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+            const float m_new = fmaxf(m[r], mx[r]);
+            const float m_use = m_new == NEG_INF ? 0.0f : m_new;  // never taken (see above)
+            alpha[r] = expf(m[r] - m_use);
+            m[r] = m_new;
+            mx[r] = m_use;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int j = 0; j < MMA_TILE / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[j][e] = expf(s[j][e] - mx[e / 2]);
+                l[e / 2] += s[j][e];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MMA_D / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) o[j][e] *= alpha[e / 2];
+        }
+#pragma unroll
+        for (int kk = 0; kk < MMA_TILE / 16; kk++) {
+            u32 pa[4];
+            acc_to_a(pa, s, kk);
+#pragma unroll
+            for (int j = 0; j < MMA_D / 8; j++) mma_tile(o[j], pa, v_t, 8 * j, 16 * kk);
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 1);
+        l[r] += __shfl_xor_sync(FULL_MASK, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (row[r] >= seq) continue;
+        bf16* y = out + ((i64)b * seq + row[r]) * C + (i64)h * MMA_D;
+        const float inv = 1.0f / l[r];
+#pragma unroll
+        for (int j = 0; j < MMA_D / 8; j++) {
+            y[8 * j + 2 * t] = to_bf16(o[j][2 * r] * inv);
+            y[8 * j + 2 * t + 1] = to_bf16(o[j][2 * r + 1] * inv);
+        }
+        if (t == 0) lse[(i64)bh * seq + row[r]] = m[r] + logf(l[r]);
+    }
+}
+
+// dK and dV on tensor cores. Grid (key tiles of 64, batch·H), 128 threads; warp w owns keys
+// k0 + 16w .. + 16, its K and V fragments in registers. Per query tile of 64 from k0 on, in two
+// halves of 32 queries (to bound the registers): Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (Q and dO
+// row-major), Pᵀ = exp(scale·Sᵀ − lse[query]) masked, dSᵀ = Pᵀ∘(dPᵀ − dvec[query]), then
+// dV += Pᵀ·dO and dK += dSᵀ·Q (dO and Q transposed). Static shared memory: Q, Qᵀ, dO, dOᵀ
+// tiles (the first two also stage K and V at the start) and the tile's lse and dvec, 37 KiB.
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * WARP_SIZE)
+    attention_backward_dkv_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                               const float* dvec, int seq, int H, int C) {
+    __shared__ __align__(16) bf16 q_tile[MMA_TILE * MMA_LD];
+    __shared__ __align__(16) bf16 q_t[MMA_D * MMA_LD];
+    __shared__ __align__(16) bf16 do_tile[MMA_TILE * MMA_LD];
+    __shared__ __align__(16) bf16 do_t[MMA_D * MMA_LD];
+    __shared__ float lse_tile[MMA_TILE];
+    __shared__ float dvec_tile[MMA_TILE];
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int t = lane % 4;
+    const int bh = blockIdx.y;
+    const int b = bh / H;
+    const int h = bh % H;
+    const int k0 = blockIdx.x * MMA_TILE;
+    const i64 stride = 3 * (i64)C;
+    const bf16* q_src = qkv + (i64)b * seq * stride + (i64)h * MMA_D;
+    const bf16* do_src = dout + (i64)b * seq * C + (i64)h * MMA_D;
+    const float scale = attn_scale(MMA_D);
+
+    mma_load_tile(q_tile, nullptr, q_src + C, stride, k0, seq);
+    mma_load_tile(do_tile, nullptr, q_src + 2 * C, stride, k0, seq);
+    __syncthreads();
+    u32 kf[MMA_D / 16][4], vf[MMA_D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < MMA_D / 16; kk++) {
+        load_a(kf[kk], q_tile, warp * 16, kk * 16);
+        load_a(vf[kk], do_tile, warp * 16, kk * 16);
+    }
+    const int key[2] = {k0 + warp * 16 + lane / 4, k0 + warp * 16 + lane / 4 + 8};
+
+    float dk[MMA_D / 8][4], dv[MMA_D / 8][4];
+#pragma unroll
+    for (int j = 0; j < MMA_D / 8; j++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            dk[j][e] = 0.0f;
+            dv[j][e] = 0.0f;
+        }
+    }
+    for (int q_start = k0; q_start < seq; q_start += MMA_TILE) {
+        __syncthreads();  // the previous tiles (or K and V) are no longer read
+        mma_load_tile(q_tile, q_t, q_src, stride, q_start, seq);
+        mma_load_tile(do_tile, do_t, do_src, (i64)C, q_start, seq);
+        for (int i = threadIdx.x; i < MMA_TILE; i += blockDim.x) {
+            const int q = q_start + i;
+            lse_tile[i] = q < seq ? lse[(i64)bh * seq + q] : 0.0f;
+            dvec_tile[i] = q < seq ? dvec[(i64)bh * seq + q] : 0.0f;
+        }
+        __syncthreads();
+
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int base = half * (MMA_TILE / 2);
+            float p[4][4], ds[4][4];
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    p[j][e] = 0.0f;
+                    ds[j][e] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < MMA_D / 16; kk++) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    mma_tile(p[j], kf[kk], q_tile, base + 8 * j, 16 * kk);
+                    mma_tile(ds[j], vf[kk], do_tile, base + 8 * j, 16 * kk);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int ql = base + 8 * j + 2 * t + (e & 1);
+                    const int q = q_start + ql;
+                    const float prob = q < seq && key[e / 2] <= q
+                                           ? expf(p[j][e] * scale - lse_tile[ql])
+                                           : 0.0f;
+                    p[j][e] = prob;
+                    ds[j][e] = prob * (ds[j][e] - dvec_tile[ql]);
+                }
+            }
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+                u32 pa[4], dsa[4];
+                acc_to_a(pa, p, kk);
+                acc_to_a(dsa, ds, kk);
+#pragma unroll
+                for (int j = 0; j < MMA_D / 8; j++) {
+                    mma_tile(dv[j], pa, do_t, 8 * j, base + 16 * kk);
+                    mma_tile(dk[j], dsa, q_t, 8 * j, base + 16 * kk);
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (key[r] >= seq) continue;
+        bf16* dk_row = dqkv + ((i64)b * seq + key[r]) * stride + C + (i64)h * MMA_D;
+        bf16* dv_row = dk_row + C;
+#pragma unroll
+        for (int j = 0; j < MMA_D / 8; j++) {
+            dk_row[8 * j + 2 * t] = to_bf16(dk[j][2 * r] * scale);
+            dk_row[8 * j + 2 * t + 1] = to_bf16(dk[j][2 * r + 1] * scale);
+            dv_row[8 * j + 2 * t] = to_bf16(dv[j][2 * r]);
+            dv_row[8 * j + 2 * t + 1] = to_bf16(dv[j][2 * r + 1]);
+        }
+    }
+}
+
+// dQ on tensor cores. Grid (query tiles of 64, batch·H), 128 threads; warp w owns query rows
+// q0 + 16w .. + 16, its Q and dO fragments in registers. Per key tile of 64 up to the
+// diagonal: S = Q·Kᵀ and dP = dO·Vᵀ (K and V row-major), P = exp(scale·S − lse) masked,
+// dS = P∘(dP − dvec), dQ += dS·K (K transposed). Static shared memory: K, Kᵀ and V tiles (the
+// first and last also stage Q and dO at the start), 27 KiB. Reverse tile order, as the
+// forward pass.
+extern "C" __global__ void __launch_bounds__(MMA_WARPS * WARP_SIZE)
+    attention_backward_dq_mma(bf16* dqkv, const bf16* dout, const bf16* qkv, const float* lse,
+                              const float* dvec, int seq, int H, int C) {
+    __shared__ __align__(16) bf16 k_tile[MMA_TILE * MMA_LD];
+    __shared__ __align__(16) bf16 k_t[MMA_D * MMA_LD];
+    __shared__ __align__(16) bf16 v_tile[MMA_TILE * MMA_LD];
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int warp = threadIdx.x / WARP_SIZE;
+    const int t = lane % 4;
+    const int bh = blockIdx.y;
+    const int b = bh / H;
+    const int h = bh % H;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * MMA_TILE;
+    const i64 stride = 3 * (i64)C;
+    const bf16* q_src = qkv + (i64)b * seq * stride + (i64)h * MMA_D;
+    const bf16* do_src = dout + (i64)b * seq * C + (i64)h * MMA_D;
+    const float scale = attn_scale(MMA_D);
+
+    mma_load_tile(k_tile, nullptr, q_src, stride, q0, seq);
+    mma_load_tile(v_tile, nullptr, do_src, (i64)C, q0, seq);
+    __syncthreads();
+    u32 qf[MMA_D / 16][4], dof[MMA_D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < MMA_D / 16; kk++) {
+        load_a(qf[kk], k_tile, warp * 16, kk * 16);
+        load_a(dof[kk], v_tile, warp * 16, kk * 16);
+    }
+    const int row[2] = {q0 + warp * 16 + lane / 4, q0 + warp * 16 + lane / 4 + 8};
+    float row_lse[2], row_dvec[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        row_lse[r] = row[r] < seq ? lse[(i64)bh * seq + row[r]] : 0.0f;
+        row_dvec[r] = row[r] < seq ? dvec[(i64)bh * seq + row[r]] : 0.0f;
+    }
+
+    float dq[MMA_D / 8][4];
+#pragma unroll
+    for (int j = 0; j < MMA_D / 8; j++) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.0f;
+    const int last_key = min(seq, q0 + MMA_TILE) - 1;
+    for (int k0 = 0; k0 <= last_key; k0 += MMA_TILE) {
+        __syncthreads();  // the previous tiles (or Q and dO) are no longer read
+        mma_load_tile(k_tile, k_t, q_src + C, stride, k0, seq);
+        mma_load_tile(v_tile, nullptr, q_src + 2 * C, stride, k0, seq);
+        __syncthreads();
+
+        float s[MMA_TILE / 8][4], ds[MMA_TILE / 8][4];
+#pragma unroll
+        for (int j = 0; j < MMA_TILE / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[j][e] = 0.0f;
+                ds[j][e] = 0.0f;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < MMA_D / 16; kk++) {
+#pragma unroll
+            for (int j = 0; j < MMA_TILE / 8; j++) {
+                mma_tile(s[j], qf[kk], k_tile, 8 * j, 16 * kk);
+                mma_tile(ds[j], dof[kk], v_tile, 8 * j, 16 * kk);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MMA_TILE / 8; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = k0 + 8 * j + 2 * t + (e & 1);
+                const int r = e / 2;
+                const float prob = row[r] < seq && key <= row[r]
+                                       ? expf(s[j][e] * scale - row_lse[r])
+                                       : 0.0f;
+                ds[j][e] = prob * (ds[j][e] - row_dvec[r]);
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < MMA_TILE / 16; kk++) {
+            u32 dsa[4];
+            acc_to_a(dsa, ds, kk);
+#pragma unroll
+            for (int j = 0; j < MMA_D / 8; j++) mma_tile(dq[j], dsa, k_t, 8 * j, 16 * kk);
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (row[r] >= seq) continue;
+        bf16* dq_row = dqkv + ((i64)b * seq + row[r]) * stride + (i64)h * MMA_D;
+#pragma unroll
+        for (int j = 0; j < MMA_D / 8; j++) {
+            dq_row[8 * j + 2 * t] = to_bf16(dq[j][2 * r] * scale);
+            dq_row[8 * j + 2 * t + 1] = to_bf16(dq[j][2 * r + 1] * scale);
+        }
+    }
+}
+
 #define ATTENTION(T, S)                                                                          \
     extern "C" __global__ void attention_forward_##S(T* out, float* lse, const T* qkv, int seq,  \
                                                      int H, int C, int D) {                      \

@@ -2,15 +2,18 @@
 //! decode step over a key/value cache. Semantics are those of
 //! [`crate::backend::Backend::attention_forward`], `attention_backward` and `attention_decode`.
 //!
-//! Each kernel's block has 2, 4 or 8 warps, each owning 4 rows of the tile the block keeps: the
-//! most warps whose shared-memory tiles (float) fit the 48 KiB a block may use without opting
-//! in, for the given head width (8 for heads up to 64 wide, fewer above).
+//! Two implementations: for bf16 heads of 64 (the models' width) whose tensors are 4-byte
+//! aligned, kernels whose products run on tensor cores (`mma.sync` m16n8k16, blocks of 4 warps
+//! on 64-row tiles); for everything else, SIMT kernels. Each SIMT block has 2, 4 or 8 warps,
+//! each owning 4 rows of the tile the block keeps: the most warps whose shared-memory tiles
+//! (float) fit the 48 KiB a block may use without opting in, for the given head width (8 for
+//! heads up to 64 wide, fewer above).
 
 use anyhow::{Result, ensure};
 use cudarc::driver::LaunchConfig;
 
 use super::kernels::Param::{B32, B64};
-use super::launch::{Element, Kernel, Kernels, expect_len, int, typed, warp_per_row};
+use super::launch::{Element, Kernel, Kernels, expect_len, int, plain, typed, warp_per_row};
 use super::view::View;
 use crate::backend::AttentionShape;
 
@@ -24,6 +27,11 @@ const TILE: usize = 32;
 const SHARED_LIMIT: usize = 48 << 10;
 /// Warps per block of the decode kernel.
 const DECODE_WARPS: usize = 4;
+/// The head width of the tensor-core kernels, their rows per tile and warps per block
+/// (MMA_D, MMA_TILE and MMA_WARPS in attention.cu).
+const MMA_HEAD_DIM: usize = 64;
+const MMA_TILE: usize = 64;
+const MMA_WARPS: u32 = 4;
 
 const FORWARD: Kernel = typed(
     "attention.cu",
@@ -51,6 +59,22 @@ const DECODE: Kernel = typed(
     &[B64, B64, B64, B64, B32, B32, B32],
 );
 
+const FORWARD_MMA: Kernel = plain(
+    "attention.cu",
+    "attention_forward_mma",
+    &[B64, B64, B64, B32, B32, B32],
+);
+const BACKWARD_DKV_MMA: Kernel = plain(
+    "attention.cu",
+    "attention_backward_dkv_mma",
+    &[B64, B64, B64, B64, B64, B32, B32, B32],
+);
+const BACKWARD_DQ_MMA: Kernel = plain(
+    "attention.cu",
+    "attention_backward_dq_mma",
+    &[B64, B64, B64, B64, B64, B32, B32, B32],
+);
+
 /// The kernels whose launchers are in this file.
 pub(super) const KERNELS: &[Kernel] = &[
     FORWARD,
@@ -58,7 +82,30 @@ pub(super) const KERNELS: &[Kernel] = &[
     BACKWARD_DKV,
     BACKWARD_DQ,
     DECODE,
+    FORWARD_MMA,
+    BACKWARD_DKV_MMA,
+    BACKWARD_DQ_MMA,
 ];
+
+/// Whether the tensor-core kernels take this launch: bf16 heads of 64, and every tensor
+/// 4-byte aligned (they move pairs of bf16 as one 32-bit word; every offset they add is even).
+fn tensor_cores<T: Element>(d: usize, addresses: &[u64]) -> bool {
+    T::NAME == "bf16" && d == MMA_HEAD_DIM && addresses.iter().all(|a| a % 4 == 0)
+}
+
+/// The tensor-core kernels' launch: 64-row tiles of each of `heads` (batch·heads) heads, 4
+/// warps, static shared memory only.
+fn mma_config(seq_len: usize, heads: usize) -> Result<LaunchConfig> {
+    ensure!(
+        heads <= 65535,
+        "attention over {heads} (sequence, head) pairs: at most 65535 fit a launch"
+    );
+    Ok(LaunchConfig {
+        grid_dim: (seq_len.div_ceil(MMA_TILE) as u32, heads as u32, 1),
+        block_dim: (32 * MMA_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
 
 /// The floats of shared memory each tiled kernel needs, for a block's own tile of `rows` rows
 /// and heads `d` wide (the layouts commented in attention.cu).
@@ -146,6 +193,22 @@ impl Kernels {
         )?;
         let bh = shape.batch * shape.heads;
         let [seq, heads, channels, width] = shape_ints(&shape)?;
+        if tensor_cores::<T>(d, &[out.address(), qkv.address()]) {
+            let kernel = self.plain(FORWARD_MMA)?;
+            let mut launch = kernel.args(self.stream());
+            launch
+                .buf(out)
+                .buf(lse)
+                .buf(qkv)
+                .int(&seq)
+                .int(&heads)
+                .int(&channels);
+            // SAFETY: matches attention_forward_mma (bf16, heads of 64: T is bf16 and d is 64,
+            // checked by tensor_cores); qkv, out and lse hold the shape's elements (checked
+            // above) and are 4-byte aligned; the grid covers seq_len in 64-row tiles and
+            // batch·heads heads.
+            return unsafe { launch.launch(mma_config(shape.seq_len, bh)?) };
+        }
         let config = Tiling::Forward.config(shape.seq_len, bh, d)?;
         let kernel = self.typed::<T>(FORWARD)?;
         let mut launch = kernel.args(self.stream());
@@ -216,6 +279,28 @@ impl Kernels {
         // `count` of them, dvec holds count floats, dout and out the shape's elements.
         unsafe { launch.launch(warp_per_row(count)) }?;
 
+        if tensor_cores::<T>(d, &[dqkv.address(), dout.address(), qkv.address()]) {
+            for tiled in [BACKWARD_DKV_MMA, BACKWARD_DQ_MMA] {
+                let kernel = self.plain(tiled)?;
+                let mut launch = kernel.args(self.stream());
+                launch
+                    .buf(dqkv)
+                    .buf(dout)
+                    .buf(qkv)
+                    .buf(lse)
+                    .buf(&dvec)
+                    .int(&seq)
+                    .int(&heads)
+                    .int(&channels);
+                // SAFETY: matches attention_backward_{dkv,dq}_mma (bf16, heads of 64: checked
+                // by tensor_cores); every buffer holds the shape's elements (checked above),
+                // the bf16 ones 4-byte aligned; the grid covers seq_len in 64-row tiles and
+                // batch·heads heads. The dK/dV kernel writes only the k and v parts of dqkv and
+                // the dQ kernel only the q part.
+                unsafe { launch.launch(mma_config(shape.seq_len, bh)?) }?;
+            }
+            return Ok(());
+        }
         for (tiled, tiling) in [
             (BACKWARD_DKV, Tiling::KeysValues),
             (BACKWARD_DQ, Tiling::Queries),

@@ -1,6 +1,8 @@
 //! Flash attention (forward, backward, decode) against the CPU's dense attention, on the same
-//! inputs. Sequence lengths are not multiples of the kernels' 32-row tiles, and the head widths
-//! (16, 64, 82, 128) give the launchers every block size they choose (8, 4 and 2 warps).
+//! inputs. Sequence lengths are not multiples of the kernels' 32- or 64-row tiles. Heads of 64
+//! take the tensor-core kernels in bf16 and the SIMT ones in f32; the other widths (16, 82,
+//! 128) the SIMT kernels in both, with every block size their launchers choose (8, 4 and 2
+//! warps).
 //!
 //! The backward pass takes the CPU forward pass's output (rounded to T, as the GPU stores it)
 //! and log-sum-exp on both sides, so that it is compared on identical inputs; the forward pass
@@ -19,7 +21,7 @@ use crate::backend::cuda::view::ViewOf;
 const SHAPES: &[(usize, usize, usize, usize)] = &[
     // Heads of 16: eight warps per block, two query tiles, the second partial.
     (2, 61, 3, 48),
-    // Heads of 64, the models' width.
+    // Heads of 64, the models' width (tensor cores in bf16): two and three key tiles of 64.
     (2, 100, 2, 128),
     (1, 150, 3, 192),
     // Heads of 82: not a multiple of the warp, so some lanes own fewer dimensions.
