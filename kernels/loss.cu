@@ -4,7 +4,9 @@
 // z = cap·tanh(logit/cap) (no cap when cap is 0), the row's log-sum-exp over the first vocab
 // is found in one pass with a running maximum, and the loss lse − z[target] goes to losses[row]
 // (float). With write_grad the row is then overwritten in place with
-// grad_scale·(softmax(z) − onehot(target))·(1 − (z/cap)²), and the padding with zeros.
+// grad_scale·(softmax(z) − onehot(target))·(1 − (z/cap)²), and the padding with zeros; without
+// it the first vocab logits are overwritten with their capped values (as the CPU does), for
+// callers that read the logits of an evaluation pass.
 // A target of 0xffffffff (IGNORE_TARGET) gives loss 0 and a zero row; any other target
 // outside the vocabulary gives a NaN loss (the launcher checks targets before it launches).
 
@@ -49,7 +51,16 @@ __device__ void softmax_cross_entropy(T* logits, float* losses, const u32* targe
     const float row_sum = block_sum(sum * expf(max - row_max), scratch);
     const float lse = row_max + logf(row_sum);
     if (threadIdx.x == 0) losses[row] = lse - z_target;
-    if (!write_grad) return;
+    // Every thread has read the row (the block reductions end in barriers), and each writes
+    // only the elements it reads.
+    if (!write_grad) {
+        if (cap > 0.0f) {
+            for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+                z[j] = from_float<T>(capped(to_float(z[j]), cap));
+            }
+        }
+        return;
+    }
     for (int j = threadIdx.x; j < padded_vocab; j += blockDim.x) {
         float g = 0.0f;
         if (j < vocab) {

@@ -55,7 +55,8 @@ pub struct BenchReport {
     pub gemm_peak_gflops: Option<f64>,
     /// The data sheet's dense bf16 peak of the device, and where that figure comes from.
     pub spec_peak: Option<(f64, &'static str)>,
-    /// Device memory the backend allocated, at most (the CPU: the process's peak RSS).
+    /// Memory of the training steps: on a GPU the buffers the backend allocated (not cuBLASLt's
+    /// workspace or per-call temporaries), on the CPU the process's peak RSS.
     pub peak_memory_bytes: u64,
 }
 
@@ -104,7 +105,7 @@ impl BenchReport {
             "tokens_per_s": self.tokens_per_second(),
             "flops_per_token": self.flops_per_token,
             "achieved_tflops": self.achieved_gflops() / 1e3,
-            "matmul_peak_tflops": self.gemm_peak_gflops.map(|g| g / 1e3),
+            "gemm_peak_tflops": self.gemm_peak_gflops.map(|g| g / 1e3),
             "spec_peak_tflops": self.spec_peak.map(|(g, _)| g / 1e3),
             "spec_peak_source": self.spec_peak.map(|(_, source)| source),
             "mfu_measured": self.mfu_measured(),
@@ -192,6 +193,8 @@ pub fn run(backend: &mut dyn Backend, config: &BenchConfig) -> Result<BenchRepor
         .map(|i| phases.iter().map(|p| p[i]).sum())
         .collect();
     let [forward, backward, optim] = phases.map(median);
+    // Before the peak's own buffers are allocated.
+    let peak_memory_bytes = backend.peak_memory_bytes();
     let gemm_peak_gflops = match config.gemm_size {
         0 => None,
         size => Some(gemm_peak(backend, size)?),
@@ -199,7 +202,7 @@ pub fn run(backend: &mut dyn Backend, config: &BenchConfig) -> Result<BenchRepor
     let device = backend.describe();
     Ok(BenchReport {
         spec_peak: spec_peak(&device),
-        peak_memory_bytes: backend.peak_memory_bytes(),
+        peak_memory_bytes,
         device,
         model: format!(
             "{} {} ({} layers, width {}, vocab {} padded to {})",

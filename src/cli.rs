@@ -727,7 +727,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
         warmup: args.warmup,
         gemm_size: 0,
     };
-    let mut backend = open_backend(args.device, args.threads)?;
+    let device = choose_device(args.device, args.optimizer, 1)?;
+    let mut backend = open_backend(device, args.threads)?;
     // A GPU needs a large product to approach its peak; a 2-core CPU would take minutes on one.
     let on_gpu = backend.describe().starts_with("cuda");
     let config = BenchConfig {
@@ -1032,7 +1033,7 @@ impl TrainArgs {
     /// Trains `config` on this device with these ranks, or as one of several nodes; returns
     /// the record (None on nodes other than 0).
     fn train(&self, config: &TrainConfig, options: &RunOptions) -> Result<Option<Record>> {
-        let device = self.device;
+        let device = choose_device(self.device, self.optimizer, self.ranks)?;
         let Some(spec) = self.node_spec()? else {
             return train_ranks(config, options, self.ranks, &move || new_backend(device))
                 .map(Some);
@@ -1112,6 +1113,35 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
             .context("cannot start the CPU thread pool")?;
     }
     Ok(())
+}
+
+/// The device a run of `optimizer` on `ranks` ranks of this process trains on: `auto` picks
+/// the GPU only where the CUDA backend can run the job, and `cuda` is refused up front where it
+/// cannot (rather than at the first step).
+fn choose_device(device: Device, optimizer: OptimizerKind, ranks: usize) -> Result<Device> {
+    let unsupported = if matches!(optimizer, OptimizerKind::Shampoo | OptimizerKind::Soap) {
+        Some(format!(
+            "{optimizer:?} needs eigendecompositions and QR, which the CUDA backend does not have \
+             yet"
+        ))
+    } else if ranks > 1 {
+        Some(format!(
+            "--ranks {ranks} runs its ranks as threads sharing one device; on GPUs that needs \
+             NCCL, which is not built yet"
+        ))
+    } else {
+        None
+    };
+    Ok(match (device, unsupported) {
+        (Device::Cuda, Some(reason)) => bail!("--device cuda: {reason}; use --device cpu"),
+        (Device::Auto, Some(reason)) => {
+            if Gpu::open(0).is_ok() {
+                info!("training on the CPU: {reason}");
+            }
+            Device::Cpu
+        }
+        (device, _) => device,
+    })
 }
 
 /// The backend for `device`, with `threads` CPU threads.
@@ -1819,5 +1849,31 @@ pub fn run() -> Result<()> {
         Some(Command::Data(DataCommand::Inspect(args))) => inspect(&args),
         Some(Command::Data(DataCommand::Fineweb(args))) => download_fineweb(&args),
         Some(Command::Data(DataCommand::Prepare(args))) => prepare_shards(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_the_cuda_backend_cannot_run_stay_on_the_cpu() {
+        use OptimizerKind as K;
+        for (optimizer, ranks) in [(K::Shampoo, 1), (K::Soap, 1), (K::Muon, 2)] {
+            let error = choose_device(Device::Cuda, optimizer, ranks).unwrap_err();
+            assert!(error.to_string().contains("use --device cpu"), "{error}");
+            assert_eq!(
+                choose_device(Device::Auto, optimizer, ranks).unwrap(),
+                Device::Cpu
+            );
+            assert_eq!(
+                choose_device(Device::Cpu, optimizer, ranks).unwrap(),
+                Device::Cpu
+            );
+        }
+        for device in [Device::Auto, Device::Cpu, Device::Cuda] {
+            assert_eq!(choose_device(device, K::Muon, 1).unwrap(), device);
+            assert_eq!(choose_device(device, K::Adamw, 1).unwrap(), device);
+        }
     }
 }

@@ -8,7 +8,9 @@ use std::fmt;
 
 use anyhow::Result;
 
-use crate::backend::Tensor;
+use crate::backend::cuda::backend::{has_bf16_copy, stored_bytes};
+use crate::backend::cuda::matmul::Dtype;
+use crate::backend::{BufferKind, Tensor};
 use crate::model::{ModelConfig, activation_floats, param_layout};
 use crate::optim::{OptimConfig, group_ranges, state_values};
 
@@ -81,9 +83,85 @@ fn gb(bytes: u64) -> String {
     format!("{:.3} GB", bytes as f64 / 1e9)
 }
 
+/// Bytes of one memory row in each layout: the CPU's, the lectures' mixed precision, and the
+/// CUDA backend's.
+struct Row {
+    what: &'static str,
+    /// Bytes per parameter in each layout, where the row is per parameter.
+    per_param: Option<[f64; 3]>,
+    bytes: [u64; 3],
+}
+
+impl MemoryReport {
+    /// Bytes of the CUDA backend (src/backend/cuda/backend.rs) training with bf16 activations:
+    /// [bf16 copy of the weights, f32 weights, gradients, optimizer state, activations with
+    /// their statistics and gradients].
+    pub fn cuda_bytes(&self) -> [u64; 5] {
+        let bytes = |kind, n: usize| n as u64 * stored_bytes(kind, Dtype::Bf16) as u64;
+        let copy = if has_bf16_copy(BufferKind::Parameters, Dtype::Bf16) {
+            2 * self.params as u64
+        } else {
+            0
+        };
+        [
+            copy,
+            bytes(BufferKind::Parameters, self.params),
+            bytes(BufferKind::Gradients, self.params),
+            bytes(BufferKind::OptimizerState, self.state_values()),
+            bytes(BufferKind::Activations, self.activations)
+                + bytes(BufferKind::Statistics, self.statistics)
+                + bytes(BufferKind::ActivationGradients, self.activation_grads),
+        ]
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let psi = self.params as u64;
+        let state = self.state_values() as u64;
+        let [weights, grads, state_cpu, acts_cpu] = self.cpu_bytes();
+        let acts = (self.activations + self.activation_grads) as u64;
+        // Mixed precision: bf16 compute weights, gradients and activations; f32 master, state
+        // and per-row statistics.
+        let mixed = [
+            2 * psi,
+            4 * psi,
+            2 * psi,
+            4 * state,
+            2 * acts + 4 * self.statistics as u64,
+        ];
+        let cuda = self.cuda_bytes();
+        let per = |bytes: [u64; 3]| Some(bytes.map(|b| b as f64 / psi as f64));
+        let row = |what, bytes: [u64; 3], per_param: bool| Row {
+            what,
+            per_param: if per_param { per(bytes) } else { None },
+            bytes,
+        };
+        let model = [
+            weights + grads + state_cpu,
+            mixed[..4].iter().sum(),
+            cuda[..4].iter().sum(),
+        ];
+        vec![
+            row("weights for compute", [weights, mixed[0], cuda[0]], true),
+            row("master weights", [0, mixed[1], cuda[1]], true),
+            row("gradients", [grads, mixed[2], cuda[2]], true),
+            row("optimizer state", [state_cpu, mixed[3], cuda[3]], true),
+            row("**model states**", model, true),
+            row(
+                "activations and their gradients (one micro-batch)",
+                [acts_cpu, mixed[4], cuda[4]],
+                false,
+            ),
+            row(
+                "**total**",
+                [model[0] + acts_cpu, model[1] + mixed[4], model[2] + cuda[4]],
+                false,
+            ),
+        ]
+    }
+}
+
 impl fmt::Display for MemoryReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let psi = self.params as u64;
         writeln!(
             f,
             "{}: Ψ = {} parameters; micro-batch {} × {} tokens",
@@ -96,71 +174,33 @@ impl fmt::Display for MemoryReport {
                 *state as f64 / *len as f64
             )?;
         }
-        let state = self.state_values() as u64;
-        let state_per_param = state as f64 / psi as f64;
-        let [weights, grads, state_cpu, acts_cpu] = self.cpu_bytes();
-        let acts = (self.activations + self.activation_grads) as u64;
-        // Mixed precision: bf16 compute weights, gradients and activations; f32 master, state
-        // and per-row statistics.
-        let mixed = [
-            2 * psi,
-            4 * psi,
-            2 * psi,
-            4 * state,
-            2 * acts + 4 * self.statistics as u64,
-        ];
-        let rows = [
-            ("weights for compute", "4", "2 (bf16)", weights, mixed[0]),
-            ("master weights", "-", "4 (f32)", 0, mixed[1]),
-            ("gradients", "4", "2 (bf16)", grads, mixed[2]),
-        ];
         writeln!(
             f,
-            "\n| memory | bytes/param, CPU | bytes/param, mixed | CPU (f32) | mixed precision |"
+            "\n| memory | bytes/param: CPU, mixed, CUDA | CPU (f32) | mixed precision | CUDA backend |"
         )?;
         writeln!(f, "|---|---:|---:|---:|---:|")?;
-        for (what, cpu_per, mixed_per, cpu, mixed) in rows {
-            let cpu = if cpu == 0 { "-".into() } else { gb(cpu) };
+        for row in self.rows() {
+            let per_param = row.per_param.map_or(String::new(), |[cpu, mixed, cuda]| {
+                format!("{cpu:.2}, {mixed:.2}, {cuda:.2}")
+            });
+            let [cpu, mixed, cuda] = row.bytes.map(|b| if b == 0 { "-".into() } else { gb(b) });
             writeln!(
                 f,
-                "| {what} | {cpu_per} | {mixed_per} | {cpu} | {} |",
-                gb(mixed)
+                "| {} | {per_param} | {cpu} | {mixed} | {cuda} |",
+                row.what
             )?;
         }
         writeln!(
             f,
-            "| optimizer state | {:.2} | {:.2} (f32) | {} | {} |",
-            4.0 * state_per_param,
-            4.0 * state_per_param,
-            gb(state_cpu),
-            gb(mixed[3])
-        )?;
-        let model_cpu = weights + grads + state_cpu;
-        let model_mixed = mixed[0] + mixed[1] + mixed[2] + mixed[3];
-        writeln!(
-            f,
-            "| **model states** | {:.2} | {:.2} | {} | {} |",
-            model_cpu as f64 / psi as f64,
-            model_mixed as f64 / psi as f64,
-            gb(model_cpu),
-            gb(model_mixed)
+            "\nmixed precision: the lectures' layout (bf16 weights for compute, gradients and \
+             activations; f32 master weights, optimizer state and per-row statistics). CUDA \
+             backend: the same but with f32 gradients, accumulated over micro-batches at full \
+             precision."
         )?;
         writeln!(
             f,
-            "| activations and their gradients (one micro-batch) | | | {} | {} (bf16; statistics f32) |",
-            gb(acts_cpu),
-            gb(mixed[4])
-        )?;
-        writeln!(
-            f,
-            "| **total** | | | {} | {} |",
-            gb(model_cpu + acts_cpu),
-            gb(model_mixed + mixed[4])
-        )?;
-        writeln!(
-            f,
-            "\nThe lectures' rule for mixed-precision Adam: 16Ψ = {} of model states.",
-            gb(16 * psi)
+            "The lectures' rule for mixed-precision Adam: 16Ψ = {} of model states.",
+            gb(16 * self.params as u64)
         )
     }
 }
@@ -187,7 +227,7 @@ mod tests {
         assert_eq!(report.state_values(), 2 * report.params);
         let text = report.to_string();
         assert!(
-            text.contains("| **model states** | 16.00 | 16.00 |"),
+            text.contains("| **model states** | 16.00, 16.00, 18.00 |"),
             "{text}"
         );
         assert!(text.contains("16Ψ = 1.992 GB"), "{text}");

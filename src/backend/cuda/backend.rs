@@ -76,7 +76,7 @@ pub struct CudaBackend<A: MatmulElement> {
 }
 
 /// How a buffer of `kind` is stored when activations are stored as `activations`.
-fn storage(kind: BufferKind, activations: Dtype) -> Dtype {
+pub fn storage(kind: BufferKind, activations: Dtype) -> Dtype {
     match kind {
         BufferKind::Activations | BufferKind::ActivationGradients => activations,
         BufferKind::Parameters
@@ -88,8 +88,16 @@ fn storage(kind: BufferKind, activations: Dtype) -> Dtype {
     }
 }
 
+/// Bytes per element of a buffer of `kind` (its bf16 copy, if any, not counted).
+pub fn stored_bytes(kind: BufferKind, activations: Dtype) -> usize {
+    match storage(kind, activations) {
+        Dtype::Bf16 => 2,
+        Dtype::F32 => 4,
+    }
+}
+
 /// Whether a buffer of `kind` keeps a bf16 copy for the matrix products.
-fn has_bf16_copy(kind: BufferKind, activations: Dtype) -> bool {
+pub fn has_bf16_copy(kind: BufferKind, activations: Dtype) -> bool {
     kind == BufferKind::Parameters && activations == Dtype::Bf16
 }
 
@@ -221,7 +229,7 @@ impl<A: MatmulElement> CudaBackend<A> {
 
     /// At least `len` floats of scratch, valid until the next call.
     fn scratch(&mut self, len: usize) -> Result<View<f32>> {
-        let have = self.scratch.as_ref().map_or(0, |s| s.len());
+        let (have, len) = (self.scratch.as_ref().map_or(0, |s| s.len()), len.max(1));
         if have < len {
             // Freed in stream order: kernels queued on the old scratch finish first.
             self.scratch = None;
@@ -254,15 +262,10 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
 
     fn alloc(&mut self, len: usize, kind: BufferKind) -> Result<Tensor> {
         let what = format!("a {kind:?} buffer");
+        self.count(len * stored_bytes(kind, A::DTYPE));
         let memory = match storage(kind, A::DTYPE) {
-            Dtype::Bf16 => {
-                self.count(len * 2);
-                Memory::Bf16(alloc(self.stream(), len, &what)?)
-            }
-            Dtype::F32 => {
-                self.count(len * 4);
-                Memory::F32(alloc(self.stream(), len, &what)?)
-            }
+            Dtype::Bf16 => Memory::Bf16(alloc(self.stream(), len, &what)?),
+            Dtype::F32 => Memory::F32(alloc(self.stream(), len, &what)?),
         };
         let shadow = if has_bf16_copy(kind, A::DTYPE) {
             self.count(len * 2);
@@ -341,7 +344,8 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
 
     fn fill(&mut self, dst: Tensor, value: f32) -> Result<()> {
         let dtype = self.buffer(dst)?.memory.dtype();
-        match (dtype, value == 0.0) {
+        // Only +0.0 is all zero bytes.
+        match (dtype, value.to_bits() == 0) {
             (Dtype::F32, true) => view::zero(self.stream(), self.f32(dst)?)?,
             (Dtype::Bf16, true) => view::zero(self.stream(), self.view::<bf16>(dst)?)?,
             (Dtype::F32, false) => self.kernels.fill(&self.f32(dst)?, value)?,
@@ -380,6 +384,8 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
             .context("a GPU kernel or copy failed")
     }
 
+    /// The most bytes the backend's buffers held at once (not cuBLASLt's 32 MiB workspace, nor
+    /// the few temporaries launchers allocate per call).
     fn peak_memory_bytes(&self) -> u64 {
         self.peak
     }

@@ -478,12 +478,22 @@ impl Check<'_> {
         Ok(())
     }
 
+    /// Training (the gradient written over the logits) and evaluation (the capped logits).
     fn cross_entropy<T: Element>(&mut self) -> Result<()> {
+        self.cross_entropy_pass::<T>(Some(1.0 / ROWS as f32))?;
+        self.cross_entropy_pass::<T>(None)
+    }
+
+    fn cross_entropy_pass<T: Element>(&mut self, grad_scale: Option<f32>) -> Result<()> {
         let rows = ROWS;
         let mut targets = self.tokens(rows, VOCAB);
         targets[1] = IGNORE_TARGET;
         let logits = self.random::<T>(rows * PADDED_VOCAB, 4.0);
-        let (softcap, grad_scale) = (Some(15.0), Some(1.0 / rows as f32));
+        let softcap = Some(15.0);
+        let (kernel, written) = match grad_scale {
+            Some(_) => ("softmax_cross_entropy", "dlogits"),
+            None => ("softmax_cross_entropy (evaluation)", "capped logits"),
+        };
 
         let stream = self.kernels.stream().clone();
         let gtargets = stream.clone_htod(&targets)?;
@@ -514,10 +524,9 @@ impl Check<'_> {
             grad_scale,
         )?;
         let gpu = self.down(&losses)?;
-        self.compare("softmax_cross_entropy", "losses", "f32", &gpu, closses)?;
+        self.compare(kernel, "losses", "f32", &gpu, closses)?;
         let gpu = self.down(&glogits)?;
-        self.compare("softmax_cross_entropy", "dlogits", T::NAME, &gpu, clogits)?;
-        Ok(())
+        self.compare(kernel, written, T::NAME, &gpu, clogits)
     }
 
     /// AdamW (decoupled decay) and NAdam-style Nesterov with coupled decay, a few steps in.

@@ -125,6 +125,12 @@ impl Kernels {
         if chunks == 0 {
             return Ok(());
         }
+        // The chunks are the grid's y dimension.
+        ensure!(
+            chunks <= 65535,
+            "a bias gradient over {rows} rows: at most {} rows per call",
+            65535 * BIAS_CHUNK_ROWS
+        );
         ensure!(
             scratch.len() >= chunks * cols,
             "bias gradient scratch of {} floats where {} are needed",
@@ -202,7 +208,7 @@ impl Kernels {
     ) -> Result<()> {
         expect_len("update", update.len(), param.len())?;
         let prepared = self.plain(APPLY_UPDATE)?;
-        // The CPU's factor, in the same float operation.
+        // The CPU's factor, computed alike (the kernel's multiply-add may be fused, within an ulp).
         let (n64, keep) = (param.len() as i64, 1.0 - decay);
         let mut launch = prepared.args(self.stream());
         launch

@@ -1173,7 +1173,7 @@ impl Kernels {
                 },
                 [z, v],
             ) => {
-                // The CPU's y step, in the same float operations.
+                // The CPU's y step, by the same formula.
                 let y_step = lr * (beta1 * (1.0 - averaging) - 1.0);
                 let kernel = self.plain(SCHEDULE_FREE_UPDATE)?;
                 let mut launch = kernel.args(&self.stream);
