@@ -268,6 +268,27 @@ mod tests {
     }
 
     #[test]
+    fn the_cuda_layout_is_the_mixed_one_with_f32_gradients() {
+        let model =
+            ModelConfig::new(Arch::Gpt2, ModelSize::D12, &ModelOverrides::default()).unwrap();
+        let optim = OptimConfig::defaults(Arch::Gpt2, OptimizerKind::Adamw);
+        let report = MemoryReport::new(&model, &optim, 4, 64).unwrap();
+        let psi = report.params as u64;
+        let [copy, master, grads, state, acts] = report.cuda_bytes();
+        // bf16 copy 2, f32 master 4, f32 gradients 4, AdamW's m and v 4 + 4 bytes.
+        assert_eq!(
+            [copy, master, grads, state],
+            [2 * psi, 4 * psi, 4 * psi, 8 * psi]
+        );
+        let (values, stats) = (
+            (report.activations + report.activation_grads) as u64,
+            report.statistics as u64,
+        );
+        assert_eq!(acts, 2 * values + 4 * stats);
+        assert!(report.to_string().contains("16.00, 16.00, 18.00"));
+    }
+
+    #[test]
     fn activations_grow_linearly_with_the_batch() {
         let model =
             ModelConfig::new(Arch::Speedrun, ModelSize::Tiny, &ModelOverrides::default()).unwrap();
