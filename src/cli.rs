@@ -70,9 +70,11 @@ enum Command {
     /// log-spaced steps, plots them, and appends the run to the records log.
     Grok(Box<GrokArgs>),
     /// The memory a training run with these flags needs: weights, gradients, optimizer state
-    /// and activations, in bytes per parameter and in total, on the CPU backend (f32) and in
-    /// mixed precision (bf16 compute, f32 master weights and state), next to the lectures'
-    /// 16Ψ rule for mixed-precision Adam. Takes the training flags; reads no data.
+    /// and activations, in bytes per parameter and in total, on the CPU backend (f32), in
+    /// mixed precision (bf16 compute, f32 master weights and state) and on the CUDA backend,
+    /// next to the lectures' 16Ψ rule for mixed-precision Adam. Takes the training flags; reads
+    /// no data. With --device cuda it also runs one training step on the GPU (random tokens)
+    /// and prints what the backend allocated next to the estimate.
     Memory(Box<TrainArgs>),
     /// Time training steps of a model on random tokens: forward, backward and optimizer
     /// milliseconds (medians), tokens per second, achieved GFLOP/s and the backend's f32
@@ -1115,6 +1117,34 @@ fn set_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// One training step of `config`'s model and optimizer on the GPU, and the bytes its backend
+/// allocated, next to `report`'s estimate for the CUDA backend.
+fn measure_memory(args: &TrainArgs, config: &TrainConfig, report: &MemoryReport) -> Result<()> {
+    let device = choose_device(Device::Cuda, args.optimizer, 1)?;
+    let mut backend = new_backend(device)?;
+    let bench = BenchConfig {
+        model: config.model.clone(),
+        optim: config.optim.clone(),
+        batch: config.micro_batch,
+        seq_len: config.seq_len,
+        accum: 1,
+        steps: 1,
+        warmup: 0,
+        gemm_size: 0,
+    };
+    let measured = crate::bench::run(backend.as_mut(), &bench)?.peak_memory_bytes;
+    let estimate: u64 = report.cuda_bytes().iter().sum();
+    println!(
+        "\nmeasured on {}: {:.3} GB allocated by the backend in one training step (estimate \
+         {:.3} GB; the difference is token buffers and scratch; cuBLASLt's workspace and the \
+         CUDA context are not counted)",
+        backend.describe(),
+        measured as f64 / 1e9,
+        estimate as f64 / 1e9
+    );
+    Ok(())
+}
+
 /// The device a run of `optimizer` on `ranks` ranks of this process trains on: `auto` picks
 /// the GPU only where the CUDA backend can run the job, and `cuda` is refused up front where it
 /// cannot (rather than at the first step).
@@ -1844,6 +1874,9 @@ pub fn run() -> Result<()> {
                 config.seq_len,
             )?;
             print!("{report}");
+            if args.device == Device::Cuda {
+                measure_memory(&args, &config, &report)?;
+            }
             Ok(())
         }
         Some(Command::Data(DataCommand::Inspect(args))) => inspect(&args),
