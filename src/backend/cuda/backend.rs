@@ -10,8 +10,9 @@
 //! refreshes it in one conversion pass, so the optimizers need not know about it.
 //!
 //! All work is queued on the GPU's one stream; only reads to the host, sums and `synchronize`
-//! wait for it. Scratch that depends on the shapes of a step (the bias and attention gradients')
-//! grows to its high-water mark during the first step and is reused after.
+//! wait for it. Scratch that depends on the shapes of a step (the gradients of biases, norms,
+//! embeddings and attention) grows to its high-water mark during the first step and is reused
+//! after, so a step allocates nothing once the first is done.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use half::bf16;
 use super::Gpu;
 use super::elementwise::bias_backward_scratch;
 use super::kernels::Cache;
-use super::launch::{Activation, Kernels};
+use super::launch::{Activation, Kernels, embedding_backward_scratch, layernorm_backward_scratch};
 use super::matmul::{Dtype, Matmul, MatmulElement};
 use super::view::{self, View, ViewOf};
 use crate::backend::{
@@ -421,12 +422,14 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         channels: usize,
     ) -> Result<()> {
         let dpositions = dpositions.map(|p| self.f32(p)).transpose()?;
+        let scratch = self.scratch(embedding_backward_scratch(tokens.len))?;
         let (_, host_tokens) = self.token_buffer(tokens)?;
         self.kernels.embedding_backward(
             &self.f32(dtable)?,
             dpositions.as_ref(),
             &self.act(dout)?,
             host_tokens,
+            &scratch,
             seq_len,
             channels,
         )
@@ -465,6 +468,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         rstd: Tensor,
         channels: usize,
     ) -> Result<()> {
+        let scratch = self.scratch(layernorm_backward_scratch(inp.len / channels, channels))?;
         self.kernels.layernorm_backward(
             &self.act(dinp)?,
             &self.f32(dweight)?,
@@ -474,6 +478,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
             &self.f32(weight)?,
             &self.f32(mean)?,
             &self.f32(rstd)?,
+            &scratch,
             channels,
         )
     }

@@ -22,7 +22,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::Gpu;
 use super::kernels::Cache;
-use super::launch::{Activation, Element, Kernels};
+use super::launch::{self, Activation, Element, Kernels};
 use super::view::ViewOf;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{
@@ -314,6 +314,9 @@ impl Check<'_> {
             &gw.view(),
             &mean.view(),
             &rstd.view(),
+            &stream
+                .alloc_zeros::<f32>(launch::layernorm_backward_scratch(rows, c))?
+                .view(),
             c,
         )?;
 
@@ -454,6 +457,9 @@ impl Check<'_> {
             Some(&dpositions.view()),
             &gdout.view(),
             &tokens,
+            &stream
+                .alloc_zeros::<f32>(launch::embedding_backward_scratch(rows))?
+                .view(),
             SEQ_LEN,
             c,
         )?;

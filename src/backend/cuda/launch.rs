@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::Ptx;
 use half::bf16;
@@ -17,7 +17,7 @@ use half::bf16;
 use super::Gpu;
 use super::kernels::Param::{self, B32, B64, F32};
 use super::kernels::{Cache, SOURCES};
-use super::view::View;
+use super::view::{self, View};
 use crate::backend::{AdamStep, AttentionShape, ElementwiseRule, IGNORE_TARGET};
 
 /// How an activation is stored on the GPU: the kernels come in an `_f32` and a `_bf16` version.
@@ -409,6 +409,20 @@ impl<'a> Launch<'a> {
 pub struct Kernels {
     stream: Arc<CudaStream>,
     modules: HashMap<&'static str, Arc<CudaModule>>,
+    /// The sums' per-block partials and their total, allocated once.
+    sum_partials: CudaSlice<f32>,
+    sum_total: CudaSlice<f64>,
+}
+
+/// f32 scratch elements [`Kernels::layernorm_backward`] needs.
+pub fn layernorm_backward_scratch(rows: usize, channels: usize) -> usize {
+    rows.div_ceil(LAYERNORM_BLOCK_ROWS) * 2 * channels
+}
+
+/// 32-bit scratch elements [`Kernels::embedding_backward`] needs for `rows` tokens: the rows
+/// in bucket order, the buckets' starts and their tokens.
+pub fn embedding_backward_scratch(rows: usize) -> usize {
+    3 * rows + 1
 }
 
 impl Kernels {
@@ -426,6 +440,8 @@ impl Kernels {
         Ok(Kernels {
             stream: gpu.stream.clone(),
             modules,
+            sum_partials: gpu.stream.alloc_zeros(SUM_BLOCKS)?,
+            sum_total: gpu.stream.alloc_zeros(1)?,
         })
     }
 
@@ -556,6 +572,7 @@ impl Kernels {
         weight: &View<f32>,
         mean: &View<f32>,
         rstd: &View<f32>,
+        scratch: &View<f32>,
         channels: usize,
     ) -> Result<()> {
         let rows = row_count("layernorm input", inp.len(), channels)?;
@@ -570,9 +587,8 @@ impl Kernels {
             return Ok(());
         }
         let blocks = rows.div_ceil(LAYERNORM_BLOCK_ROWS);
-        // Scratch for the partial sums; the CUDA backend will keep one preallocated.
-        let partials = self.stream.alloc_zeros::<f32>(blocks * 2 * channels)?;
-        let partials = View::of(&partials);
+        // The per-block partial sums of the weight and bias gradients.
+        let partials = scratch.slice(0, layernorm_backward_scratch(rows, channels))?;
         let (rows32, c32, blocks32) = (
             int("rows", rows)?,
             int("channels", channels)?,
@@ -829,6 +845,7 @@ impl Kernels {
         dpositions: Option<&View<f32>>,
         dout: &View<T>,
         tokens: &[u32],
+        scratch: &View<f32>,
         seq_len: usize,
         channels: usize,
     ) -> Result<()> {
@@ -842,10 +859,20 @@ impl Kernels {
         let buckets = bucket_rows(tokens, vocab)?;
         let c32 = int("channels", channels)?;
         if !buckets.token.is_empty() {
-            let order = self.stream.clone_htod(&buckets.order)?;
-            let start = self.stream.clone_htod(&buckets.start)?;
-            let token = self.stream.clone_htod(&buckets.token)?;
-            let (order, start, token) = (View::of(&order), View::of(&start), View::of(&token));
+            // The buckets into the scratch, as 32-bit integers (uploads wait for the copy).
+            ensure!(
+                scratch.len() >= embedding_backward_scratch(rows),
+                "embedding backward scratch of {} elements for {rows} tokens",
+                scratch.len()
+            );
+            let order = scratch.slice(0, rows)?.cast::<i32>();
+            let start = scratch.slice(rows, buckets.start.len())?.cast::<i32>();
+            let token = scratch
+                .slice(2 * rows + 1, buckets.token.len())?
+                .cast::<u32>();
+            view::upload(&self.stream, order, &buckets.order)?;
+            view::upload(&self.stream, start, &buckets.start)?;
+            view::upload(&self.stream, token, &buckets.token)?;
             let kernel = self.typed::<T>(EMBEDDING_BACKWARD_TABLE)?;
             let mut launch = kernel.args(&self.stream);
             launch
@@ -1214,9 +1241,7 @@ impl Kernels {
     fn reduce(&self, partial: Kernel, x: &View<f32>) -> Result<f64> {
         let n = x.len();
         let blocks = n.div_ceil(THREADS as usize).clamp(1, SUM_BLOCKS);
-        let partials_slice = self.stream.alloc_zeros::<f32>(blocks)?;
-        let total_slice = self.stream.alloc_zeros::<f64>(1)?;
-        let (partials, total) = (View::of(&partials_slice), View::of(&total_slice));
+        let (partials, total) = (View::of(&self.sum_partials), View::of(&self.sum_total));
         let kernel = self.plain(partial)?;
         let n64 = n as i64;
         let mut launch = kernel.args(&self.stream);
@@ -1239,7 +1264,7 @@ impl Kernels {
         };
         // SAFETY: matches sum_partials; one thread reads `count` partials and writes one double.
         unsafe { launch.launch(one_thread) }?;
-        Ok(self.stream.clone_dtoh(&total_slice)?[0])
+        Ok(view::download(&self.stream, total)?[0])
     }
 
     /// `x[m] ← (x[m]/(‖x[m]‖_F + eps))·scale` for each of the `count` equal parts of `x`.
