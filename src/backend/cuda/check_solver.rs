@@ -9,12 +9,26 @@
 //! and VᵀV (which must be I); each column of Q with its sign matched to the CPU's column (which
 //! also checks that the ranked columns come back in their places), and QᵀQ. Sizes are not
 //! multiples of 32 and every batch holds several matrices.
+//!
+//! Then a few steps of Shampoo and SOAP on their own (`GroupOptimizer`s over a matrix group,
+//! tiles of 32), from the same gradients on both sides, compared by the change of the weights.
+//! Their ε are raised where the reference's would make the comparison ill-posed: Shampoo's
+//! (1e-12) so that the roots of the rank-deficient factors of one gradient do not hinge on
+//! rounding (as its CPU test does), and both Adam ε to the gradients' scale, so that Adam's
+//! direction, m̂/(√v̂ + ε), is a smooth function of the (solver-rotated) gradient rather than
+//! ±1 wherever a component is nonzero. SOAP's matrices are square single tiles with
+//! near-diagonal gradients, so its factors are full rank with eigenvalues well apart: the
+//! eigenbasis of a singular factor's null space, or of close eigenvalues, is the solver's
+//! choice, and SOAP's Adam is not rotation-invariant.
 
 use anyhow::Result;
 
 use super::{Check, Comparison, relative_error};
 use crate::backend::cuda::backend::CudaBackend;
 use crate::backend::{Backend, BlockLayout, BufferKind, Tensor};
+use crate::model::params::Init;
+use crate::model::{Group, ParamSpec};
+use crate::optim::{GroupOptimizer, GroupRange, Shampoo, ShampooConfig, Soap, SoapConfig};
 
 /// Elements of the element-wise operations: odd, so the grid-stride loops' tails run.
 const LEN: usize = 30_003;
@@ -58,6 +72,121 @@ impl Check<'_> {
             self.eigen(&mut gpu, n, batch)?;
             self.qr(&mut gpu, n, batch)?;
         }
+        let shampoo = ShampooConfig {
+            eps: 1e-4,
+            graft_eps: 1e-2,
+            precond_every: 2,
+            block: 32,
+            ..ShampooConfig::default()
+        };
+        // 70 × 45 in tiles of 32: all four tile shapes.
+        self.preconditioner_steps(
+            ordinal,
+            "Shampoo",
+            &[(70, 45, 2), (24, 40, 1)],
+            |b, r, s| Ok(Box::new(Shampoo::new(b, r, s, shampoo.clone())?)),
+        )?;
+        let soap = SoapConfig {
+            lr: 1e-2,
+            eps: 1e-2,
+            precond_every: 2,
+            block: 32,
+            ..SoapConfig::default()
+        };
+        self.preconditioner_steps(ordinal, "SOAP", &[(32, 32, 2), (24, 24, 1)], |b, r, s| {
+            Ok(Box::new(Soap::new(b, r, s, soap.clone())?))
+        })
+    }
+
+    /// `STEPS` steps of the optimizer `make` builds over a matrix group of `shapes`
+    /// ((rows, cols, count) each) on both sides, from the same weights and gradients.
+    fn preconditioner_steps(
+        &mut self,
+        ordinal: usize,
+        name: &str,
+        shapes: &[(usize, usize, usize)],
+        make: impl Fn(&mut dyn Backend, &GroupRange, &[&ParamSpec]) -> Result<Box<dyn GroupOptimizer>>,
+    ) -> Result<()> {
+        /// Step 0 (SOAP's first, which only builds its bases), two preconditioner refreshes
+        /// (steps 0 and 2) and the steps after each.
+        const STEPS: usize = 4;
+        let len: usize = shapes.iter().map(|(r, c, n)| r * c * n).sum();
+        // SOAP's (square, one tile each): near-diagonal, so that the factors' eigenvalues are
+        // well apart and their eigenvectors, which SOAP's Adam sees the gradients in, are
+        // determined to far below the tolerance despite the two sides' rounding.
+        let square = shapes.iter().all(|&(r, c, _)| r == c);
+        let gradient = |check: &mut Self| -> Vec<f32> {
+            let noise = check.random::<f32>(len, if square { 1e-5 } else { 0.01 });
+            if !square {
+                return noise;
+            }
+            let mut g = noise;
+            let mut offset = 0;
+            for &(n, _, count) in shapes {
+                for _ in 0..count {
+                    for d in 0..n {
+                        g[offset + d * n + d] += 0.01 * (1.0 + d as f32 / n as f32);
+                    }
+                    offset += n * n;
+                }
+            }
+            g
+        };
+        let weights = self.random::<f32>(len, 1.0);
+        let mut gpu = CudaBackend::<f32>::new(ordinal)?;
+        let mut sides = Vec::new();
+        for backend in [
+            &mut gpu as &mut dyn Backend,
+            &mut self.cpu as &mut dyn Backend,
+        ] {
+            let param = backend.alloc(len, BufferKind::Parameters)?;
+            let grad = backend.alloc(len, BufferKind::Gradients)?;
+            backend.write(param, &weights)?;
+            let mut offset = 0;
+            let specs: Vec<ParamSpec> = shapes
+                .iter()
+                .map(|&(rows, cols, count)| {
+                    let spec = ParamSpec {
+                        name: "w",
+                        shape: vec![count, rows, cols],
+                        group: Group::Matrix,
+                        init: Init::Zeros,
+                        tensor: param.slice(offset, rows * cols * count),
+                        matrix: Some((rows, cols)),
+                    };
+                    offset += rows * cols * count;
+                    spec
+                })
+                .collect();
+            let range = GroupRange {
+                group: Group::Matrix,
+                param,
+                grad,
+            };
+            let mut optimizer = make(backend, &range, &specs.iter().collect::<Vec<_>>())?;
+            optimizer.start(backend)?;
+            sides.push((range, optimizer));
+        }
+        for step in 0..STEPS {
+            let grad = gradient(self);
+            for (backend, (range, optimizer)) in [
+                &mut gpu as &mut dyn Backend,
+                &mut self.cpu as &mut dyn Backend,
+            ]
+            .into_iter()
+            .zip(&mut sides)
+            {
+                backend.write(range.grad, &grad)?;
+                optimizer.step(backend, step, 1.0)?;
+            }
+        }
+        let change = |after: Vec<f32>| -> Vec<f32> {
+            after.iter().zip(&weights).map(|(a, b)| a - b).collect()
+        };
+        let gpu_change = change(gpu.read(sides[0].0.param)?);
+        let cpu_change = change(self.cpu.read(sides[1].0.param)?);
+        let kernel = format!("{name}, {STEPS} steps (tiles of 32)");
+        self.push(&kernel, "update", &gpu_change, &cpu_change);
         Ok(())
     }
 
