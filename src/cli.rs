@@ -181,7 +181,8 @@ enum Device {
     Cpu,
     /// NVIDIA GPU 0: bf16 activations, f32 weights, gradients and optimizer state; our kernels
     /// and cuBLASLt. Not yet verified on hardware: `speedrun check --device cuda` compares it
-    /// with the CPU. Shampoo and SOAP are not available on it yet.
+    /// with the CPU. Shampoo and SOAP solve their eigendecompositions and QR with cuSOLVER
+    /// (libcusolver, loaded when first needed).
     Cuda,
 }
 
@@ -1149,15 +1150,15 @@ fn measure_memory(args: &TrainArgs, config: &TrainConfig, report: &MemoryReport)
 /// the GPU only where the CUDA backend can run the job, and `cuda` is refused up front where it
 /// cannot (rather than at the first step).
 fn choose_device(device: Device, optimizer: OptimizerKind, ranks: usize) -> Result<Device> {
-    let unsupported = if matches!(optimizer, OptimizerKind::Shampoo | OptimizerKind::Soap) {
-        Some(format!(
-            "{optimizer:?} needs eigendecompositions and QR, which the CUDA backend does not have \
-             yet"
-        ))
-    } else if ranks > 1 {
+    let needs_solver = matches!(optimizer, OptimizerKind::Shampoo | OptimizerKind::Soap);
+    let unsupported = if ranks > 1 {
         Some(format!(
             "--ranks {ranks} runs its ranks as threads sharing one device; on GPUs that needs \
              NCCL, which is not built yet"
+        ))
+    } else if needs_solver && device != Device::Cpu && !crate::backend::cuda::solver::present() {
+        Some(format!(
+            "{optimizer:?} needs cuSOLVER on the GPU, and libcusolver cannot be loaded"
         ))
     } else {
         None
@@ -1892,7 +1893,7 @@ mod tests {
     #[test]
     fn jobs_the_cuda_backend_cannot_run_stay_on_the_cpu() {
         use OptimizerKind as K;
-        for (optimizer, ranks) in [(K::Shampoo, 1), (K::Soap, 1), (K::Muon, 2)] {
+        for (optimizer, ranks) in [(K::Muon, 2), (K::Shampoo, 2)] {
             let error = choose_device(Device::Cuda, optimizer, ranks).unwrap_err();
             assert!(error.to_string().contains("use --device cpu"), "{error}");
             assert_eq!(
@@ -1907,6 +1908,18 @@ mod tests {
         for device in [Device::Auto, Device::Cpu, Device::Cuda] {
             assert_eq!(choose_device(device, K::Muon, 1).unwrap(), device);
             assert_eq!(choose_device(device, K::Adamw, 1).unwrap(), device);
+            // cuSOLVER gives the CUDA backend the preconditioners' solvers, where it loads.
+            for optimizer in [K::Shampoo, K::Soap] {
+                let chosen = choose_device(device, optimizer, 1);
+                match (device, crate::backend::cuda::solver::present()) {
+                    (Device::Cuda, false) => {
+                        let error = chosen.unwrap_err().to_string();
+                        assert!(error.contains("cuSOLVER"), "{error}");
+                    }
+                    (Device::Auto, false) => assert_eq!(chosen.unwrap(), Device::Cpu),
+                    _ => assert_eq!(chosen.unwrap(), device),
+                }
+            }
         }
     }
 }

@@ -26,6 +26,7 @@ use super::elementwise::bias_backward_scratch;
 use super::kernels::Cache;
 use super::launch::{Activation, Kernels, embedding_backward_scratch, layernorm_backward_scratch};
 use super::matmul::{Dtype, Matmul, MatmulElement};
+use super::solver::Solver;
 use super::view::{self, View, ViewOf};
 use crate::backend::{
     AttentionShape, Backend, BlockLayout, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor,
@@ -70,6 +71,10 @@ pub struct CudaBackend<A: MatmulElement> {
     tokens: Vec<TokenBuffer>,
     /// Work space of the bias and attention gradients, grown on demand.
     scratch: Option<CudaSlice<f32>>,
+    /// cuSOLVER for Shampoo's and SOAP's eigendecompositions and QR, opened on first use, and
+    /// the bytes of its work space counted in `allocated`.
+    solver: Option<Solver>,
+    solver_bytes: u64,
     /// Bytes allocated through this backend, and the most at any time.
     allocated: u64,
     peak: u64,
@@ -141,6 +146,8 @@ impl<A: MatmulElement> CudaBackend<A> {
             buffers: Vec::new(),
             tokens: Vec::new(),
             scratch: None,
+            solver: None,
+            solver_bytes: 0,
             allocated: 0,
             peak: 0,
             activations: PhantomData,
@@ -242,12 +249,24 @@ impl<A: MatmulElement> CudaBackend<A> {
         scratch.view().slice(0, len)
     }
 
-    /// The error of the matrix-preconditioner operations, which have no GPU version yet.
-    fn no_solver(&self, what: &str) -> Result<()> {
-        bail!(
-            "{what} has no CUDA implementation yet, so Shampoo and SOAP train on the CPU only \
-             (--device cpu)"
-        )
+    /// The cuSOLVER handle, opened on first use: a backend that never needs it works without
+    /// the library.
+    fn solver(&mut self) -> Result<()> {
+        if self.solver.is_none() {
+            self.solver = Some(Solver::new(self.stream())?);
+        }
+        Ok(())
+    }
+
+    /// Counts the growth (or shrinking) of the solver's work space since the last call.
+    fn count_solver(&mut self) {
+        let bytes = self.solver.as_ref().map_or(0, |s| s.bytes() as u64);
+        if bytes >= self.solver_bytes {
+            self.count((bytes - self.solver_bytes) as usize);
+        } else {
+            self.allocated -= self.solver_bytes - bytes;
+        }
+        self.solver_bytes = bytes;
     }
 }
 
@@ -830,72 +849,117 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
 
     fn adam_direction(
         &mut self,
-        _out: Tensor,
-        _grad: Tensor,
-        _m: Tensor,
-        _v: Tensor,
-        _beta1: f32,
-        _beta2: f32,
-        _eps: f32,
-        _step: u32,
+        out: Tensor,
+        grad: Tensor,
+        m: Tensor,
+        v: Tensor,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        step: u32,
     ) -> Result<()> {
-        self.no_solver("the grafted Adam direction")
+        self.kernels.adam_direction(
+            &self.f32(out)?,
+            &self.f32(grad)?,
+            &self.f32(m)?,
+            &self.f32(v)?,
+            beta1,
+            beta2,
+            eps,
+            step,
+        )?;
+        self.wrote(out);
+        Ok(())
     }
 
-    fn match_norms(&mut self, _x: Tensor, _target: Tensor, _batch: usize) -> Result<()> {
-        self.no_solver("layer-wise grafting")
+    fn match_norms(&mut self, x: Tensor, target: Tensor, batch: usize) -> Result<()> {
+        self.kernels
+            .match_norms(&self.f32(x)?, &self.f32(target)?, batch)?;
+        self.wrote(x);
+        Ok(())
     }
 
-    fn pack_blocks(
-        &mut self,
-        _blocks: Tensor,
-        _matrices: Tensor,
-        _layout: BlockLayout,
-    ) -> Result<()> {
-        self.no_solver("blocking matrices into tiles")
+    fn pack_blocks(&mut self, blocks: Tensor, matrices: Tensor, layout: BlockLayout) -> Result<()> {
+        self.kernels
+            .pack_blocks(&self.f32(blocks)?, &self.f32(matrices)?, layout)?;
+        self.wrote(blocks);
+        Ok(())
     }
 
     fn unpack_blocks(
         &mut self,
-        _matrices: Tensor,
-        _blocks: Tensor,
-        _layout: BlockLayout,
+        matrices: Tensor,
+        blocks: Tensor,
+        layout: BlockLayout,
     ) -> Result<()> {
-        self.no_solver("unblocking tiles")
+        self.kernels
+            .unpack_blocks(&self.f32(matrices)?, &self.f32(blocks)?, layout)?;
+        self.wrote(matrices);
+        Ok(())
     }
 
     fn symmetric_eigen(
         &mut self,
-        _matrices: Tensor,
-        _n: usize,
-        _batch: usize,
-        _eigenvalues: Tensor,
-        _eigenvectors: Tensor,
+        matrices: Tensor,
+        n: usize,
+        batch: usize,
+        eigenvalues: Tensor,
+        eigenvectors: Tensor,
     ) -> Result<()> {
-        self.no_solver("the symmetric eigensolver")
+        let (matrices, values, vectors) = (
+            self.f32(matrices)?,
+            self.f32(eigenvalues)?,
+            self.f32(eigenvectors)?,
+        );
+        self.solver()?;
+        let solver = self.solver.as_mut().expect("opened above");
+        let result = solver.symmetric_eigen(&self.kernels, &matrices, n, batch, &values, &vectors);
+        self.count_solver();
+        result?;
+        self.wrote(eigenvalues);
+        self.wrote(eigenvectors);
+        Ok(())
     }
 
     fn scale_eigenvectors(
         &mut self,
-        _out: Tensor,
-        _eigenvectors: Tensor,
-        _eigenvalues: Tensor,
-        _n: usize,
-        _batch: usize,
-        _exponent: f32,
-        _eps: f32,
+        out: Tensor,
+        eigenvectors: Tensor,
+        eigenvalues: Tensor,
+        n: usize,
+        batch: usize,
+        exponent: f32,
+        eps: f32,
     ) -> Result<()> {
-        self.no_solver("the inverse root from eigenvectors")
+        self.kernels.scale_eigenvectors(
+            &self.f32(out)?,
+            &self.f32(eigenvectors)?,
+            &self.f32(eigenvalues)?,
+            n,
+            batch,
+            exponent,
+            eps,
+        )?;
+        self.wrote(out);
+        Ok(())
     }
 
     fn orthonormalize(
         &mut self,
-        _matrices: Tensor,
-        _n: usize,
-        _batch: usize,
-        _rank_by: Option<Tensor>,
+        matrices: Tensor,
+        n: usize,
+        batch: usize,
+        rank_by: Option<Tensor>,
     ) -> Result<()> {
-        self.no_solver("QR orthonormalisation")
+        let view = self.f32(matrices)?;
+        let rank_by = rank_by.map(|r| self.f32(r)).transpose()?;
+        self.solver()?;
+        let solver = self.solver.as_mut().expect("opened above");
+        let result = solver.orthonormalize(&self.kernels, &view, n, batch, rank_by.as_ref());
+        self.count_solver();
+        result?;
+        self.wrote(matrices);
+        Ok(())
     }
 }
 

@@ -8,7 +8,8 @@
 //!
 //! The cuBLASLt matrix products and Newton–Schulz are compared in check_matmul.rs, the
 //! element-wise optimizer rules other than Adam in check_optim.rs, flash attention in
-//! check_attention.rs, one whole training step of each architecture through the CUDA backend in
+//! check_attention.rs, the matrix preconditioners' operations (cuSOLVER included) in
+//! check_solver.rs, one whole training step of each architecture through the CUDA backend in
 //! check_step.rs.
 //!
 //! Not yet run on a GPU.
@@ -37,6 +38,8 @@ mod check_attention;
 mod check_matmul;
 #[path = "check_optim.rs"]
 mod check_optim;
+#[path = "check_solver.rs"]
+mod check_solver;
 #[path = "check_step.rs"]
 mod check_step;
 
@@ -153,6 +156,7 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     check.optimizers()?;
     check.sum_squares()?;
     check.matmul(ordinal)?;
+    check.solver(ordinal)?;
     check.training_steps(ordinal)?;
     print!("{}", table(&check.comparisons));
     let failed = check.comparisons.iter().filter(|c| !c.passed()).count();

@@ -48,7 +48,12 @@ fn small_model(arch: Arch) -> Result<ModelConfig> {
 impl Check<'_> {
     pub(super) fn training_steps(&mut self, ordinal: usize) -> Result<()> {
         for arch in [Arch::Gpt2, Arch::Speedrun] {
-            for optimizer in [OptimizerKind::Adamw, OptimizerKind::Muon] {
+            for optimizer in [
+                OptimizerKind::Adamw,
+                OptimizerKind::Muon,
+                OptimizerKind::Shampoo,
+                OptimizerKind::Soap,
+            ] {
                 self.training_step::<f32>(ordinal, arch, optimizer)?;
                 self.training_step::<bf16>(ordinal, arch, optimizer)?;
             }

@@ -39,6 +39,7 @@ pub const SOURCES: &[Source] = kernel_sources![
     "newton_schulz.cu",
     "norm.cu",
     "optim.cu",
+    "precondition.cu",
     "reduce.cu",
     "rope.cu",
 ];

@@ -282,6 +282,7 @@ pub fn all_kernels() -> Vec<Kernel> {
         .iter()
         .chain(super::attention::KERNELS)
         .chain(super::elementwise::KERNELS)
+        .chain(super::precondition::KERNELS)
         .copied()
         .collect()
 }

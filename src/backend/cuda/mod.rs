@@ -18,6 +18,8 @@ pub mod kernels;
 pub mod launch;
 pub mod matmul;
 pub mod nvrtc;
+pub mod precondition;
+pub mod solver;
 pub mod view;
 
 use std::sync::Arc;
