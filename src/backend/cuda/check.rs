@@ -140,24 +140,46 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
         rng: ChaCha8Rng::seed_from_u64(seed),
         comparisons: Vec::new(),
     };
-    check.activations::<f32>()?;
-    check.activations::<bf16>()?;
-    check.norms::<f32>()?;
-    check.norms::<bf16>()?;
-    check.attention_prep::<f32>()?;
-    check.attention_prep::<bf16>()?;
-    check.attention::<f32>()?;
-    check.attention::<bf16>()?;
-    check.embedding::<f32>()?;
-    check.embedding::<bf16>()?;
-    check.cross_entropy::<f32>()?;
-    check.cross_entropy::<bf16>()?;
-    check.adam()?;
-    check.optimizers()?;
-    check.sum_squares()?;
-    check.matmul(ordinal)?;
-    check.solver(ordinal)?;
-    check.training_steps(ordinal)?;
+    // Each section on its own: one that fails (a launch error, a missing library) is a failed
+    // row with its error printed, and the others still run, so one run on a GPU tells all.
+    type Section = fn(&mut Check, usize) -> Result<()>;
+    let sections: [(&str, Section); 18] = [
+        ("activations f32", |c, _| c.activations::<f32>()),
+        ("activations bf16", |c, _| c.activations::<bf16>()),
+        ("norms f32", |c, _| c.norms::<f32>()),
+        ("norms bf16", |c, _| c.norms::<bf16>()),
+        ("qk-norm and rotary f32", |c, _| c.attention_prep::<f32>()),
+        ("qk-norm and rotary bf16", |c, _| c.attention_prep::<bf16>()),
+        ("attention f32", |c, _| c.attention::<f32>()),
+        ("attention bf16", |c, _| c.attention::<bf16>()),
+        ("embedding f32", |c, _| c.embedding::<f32>()),
+        ("embedding bf16", |c, _| c.embedding::<bf16>()),
+        ("cross-entropy f32", |c, _| c.cross_entropy::<f32>()),
+        ("cross-entropy bf16", |c, _| c.cross_entropy::<bf16>()),
+        ("adam", |c, _| c.adam()),
+        ("element-wise optimizers", |c, _| c.optimizers()),
+        ("sum of squares", |c, _| c.sum_squares()),
+        ("matrix products and Newton–Schulz", |c, ordinal| {
+            c.matmul(ordinal)
+        }),
+        ("preconditioners and solvers", |c, ordinal| {
+            c.solver(ordinal)
+        }),
+        ("whole training steps", |c, ordinal| {
+            c.training_steps(ordinal)
+        }),
+    ];
+    for (name, section) in sections {
+        if let Err(error) = section(&mut check, ordinal) {
+            eprintln!("{name} stopped: {error:#}");
+            check.comparisons.push(Comparison {
+                kernel: format!("{name}: stopped by an error (printed above)"),
+                tensor: "-",
+                dtype: "f32",
+                error: f64::NAN,
+            });
+        }
+    }
     print!("{}", table(&check.comparisons));
     let failed = check.comparisons.iter().filter(|c| !c.passed()).count();
     if failed > 0 {

@@ -48,12 +48,11 @@ fn small_model(arch: Arch) -> Result<ModelConfig> {
 impl Check<'_> {
     pub(super) fn training_steps(&mut self, ordinal: usize) -> Result<()> {
         for arch in [Arch::Gpt2, Arch::Speedrun] {
-            for optimizer in [
-                OptimizerKind::Adamw,
-                OptimizerKind::Muon,
-                OptimizerKind::Shampoo,
-                OptimizerKind::Soap,
-            ] {
+            // Shampoo and SOAP are compared in check_solver.rs over several steps with settings
+            // that make their result unique: at their defaults, SOAP's first step only builds
+            // its bases, and Shampoo's ε of 1e-12 leaves a rank-deficient factor's null space to
+            // the solver.
+            for optimizer in [OptimizerKind::Adamw, OptimizerKind::Muon] {
                 self.training_step::<f32>(ordinal, arch, optimizer)?;
                 self.training_step::<bf16>(ordinal, arch, optimizer)?;
             }
