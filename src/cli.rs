@@ -1057,7 +1057,18 @@ impl TrainArgs {
             options.checkpoint_every
         );
         let comm = TcpComm::rendezvous(&spec, &run)?;
-        train_on(new_backend(device)?.as_mut(), config, options, &comm)
+        // With --device cuda on every node the gradients are summed by NCCL on the GPUs (its
+        // set-up is collective, so only where every node asked for a GPU); otherwise through
+        // the host over TCP.
+        let mut backend: Box<dyn Backend> = match (device, open_cuda(device)?) {
+            (Device::Cuda, Some(mut cuda)) => {
+                cuda.use_nccl(&comm)?;
+                Box::new(cuda)
+            }
+            (_, Some(cuda)) => Box::new(cuda),
+            (_, None) => Box::new(CpuBackend::<f32>::new()),
+        };
+        train_on(backend.as_mut(), config, options, &comm)
     }
 
     fn run(&self) -> Result<()> {
@@ -1183,15 +1194,32 @@ fn open_backend(device: Device, threads: Option<usize>) -> Result<Box<dyn Backen
 
 /// A fresh backend for `device` (the CPU thread pool as already set).
 fn new_backend(device: Device) -> Result<Box<dyn Backend>> {
+    Ok(match open_cuda(device)? {
+        Some(cuda) => Box::new(cuda),
+        None => Box::new(CpuBackend::<f32>::new()),
+    })
+}
+
+/// This process's GPU: its local rank where a launcher set one (torchrun's LOCAL_RANK,
+/// Slurm's SLURM_LOCALID), so that the processes of one machine take one GPU each; else 0.
+fn local_gpu() -> usize {
+    ["LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CUDA backend where `device` asks for a GPU (None: the CPU).
+fn open_cuda(device: Device) -> Result<Option<CudaBackend<bf16>>> {
     let gpu = match device {
         Device::Cpu => None,
         // Opening the GPU first gives the one-sentence reason where there is none.
-        Device::Cuda => Some(Gpu::open(0)?),
+        Device::Cuda => Some(Gpu::open(local_gpu())?),
         // A GPU that opens is used; with none (no driver, no device), the CPU.
-        Device::Auto => Gpu::open(0).ok(),
+        Device::Auto => Gpu::open(local_gpu()).ok(),
     };
     let Some(gpu) = gpu else {
-        return Ok(Box::new(CpuBackend::<f32>::new()));
+        return Ok(None);
     };
     let backend = CudaBackend::<bf16>::on(gpu)
         .context("cannot start the CUDA backend (--device cpu trains on the CPU instead)")?;
@@ -1199,7 +1227,7 @@ fn new_backend(device: Device) -> Result<Box<dyn Backend>> {
         "the CUDA backend has not yet been verified on a GPU: run `speedrun check --device cuda` \
          on this machine before trusting its numbers"
     );
-    Ok(Box::new(backend))
+    Ok(Some(backend))
 }
 
 fn compile_kernels(args: &KernelsArgs) -> Result<()> {

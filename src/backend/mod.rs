@@ -18,6 +18,19 @@ pub mod cuda;
 
 use anyhow::Result;
 
+use crate::dist::Comm;
+
+/// [`Backend::all_reduce_sum`] through the host: read, sum over the ranks, write back.
+pub fn all_reduce_on_host<B: Backend + ?Sized>(
+    backend: &mut B,
+    t: Tensor,
+    comm: &dyn Comm,
+) -> Result<()> {
+    let mut values = backend.read(t)?;
+    comm.all_reduce_sum(&mut values)?;
+    backend.write(t, &values)
+}
+
 /// A view of `len` consecutive `f32`-valued elements of one backend buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tensor {
@@ -546,6 +559,13 @@ pub trait Backend {
     ) -> Result<()>;
 
     // ---- reductions and elementwise helpers ----
+
+    /// `t ← Σ_ranks t` on every rank of `comm` (data parallelism's gradient sum). Through the
+    /// host by default; a backend with a device transport (the CUDA backend with NCCL) sums
+    /// on the device. Every rank must call it.
+    fn all_reduce_sum(&mut self, t: Tensor, comm: &dyn Comm) -> Result<()> {
+        all_reduce_on_host(self, t, comm)
+    }
 
     fn sum(&mut self, t: Tensor) -> Result<f64>;
     fn sum_squares(&mut self, t: Tensor) -> Result<f64>;

@@ -1,8 +1,9 @@
 //! Communication between the ranks of a data-parallel run: the collectives training needs
 //! (all-reduce, reduce-scatter, all-gather, broadcast) behind one interface. [`ThreadComm`]
 //! implements it for ranks that are threads of one process (`--device cpu --ranks N`),
-//! [`tcp::TcpComm`] for ranks that are processes, on one machine or several (`--nodes N`); NCCL
-//! will implement it for GPUs.
+//! [`tcp::TcpComm`] for ranks that are processes, on one machine or several (`--nodes N`). On
+//! GPUs the gradients' sum goes through NCCL on the devices instead
+//! (`crate::backend::Backend::all_reduce_sum`, `crate::backend::cuda::nccl`), set up over these.
 //!
 //! Sums add the ranks' values in rank order on every rank, so every rank gets bit-identical
 //! results and replicas never drift apart.

@@ -181,14 +181,12 @@ pub fn compute_gradients(
         model.backward(backend)?;
     }
     if comm.size() > 1 {
-        // One all-reduce carries the gradients and, in a last slot, the loss.
-        let mut values = backend.read(model.grad_buffer)?;
-        let loss_slot = values.len();
-        values.push(loss as f32);
-        comm.all_reduce_sum(&mut values)?;
-        loss = f64::from(values[loss_slot]);
-        values.truncate(loss_slot);
-        backend.write(model.grad_buffer, &values)?;
+        // The gradients where the backend keeps them (on a GPU with NCCL: on the device), the
+        // loss through the host.
+        backend.all_reduce_sum(model.grad_buffer, comm)?;
+        let mut sum = [loss as f32];
+        comm.all_reduce_sum(&mut sum)?;
+        loss = f64::from(sum[0]);
     }
     Ok(loss / grad_accum as f64)
 }

@@ -26,11 +26,14 @@ use super::elementwise::bias_backward_scratch;
 use super::kernels::Cache;
 use super::launch::{Activation, Kernels, embedding_backward_scratch, layernorm_backward_scratch};
 use super::matmul::{Dtype, Matmul, MatmulElement};
+use super::nccl::Nccl;
 use super::solver::Solver;
 use super::view::{self, View, ViewOf};
 use crate::backend::{
     AttentionShape, Backend, BlockLayout, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor,
+    all_reduce_on_host,
 };
+use crate::dist::Comm;
 
 /// One device allocation, in the precision its kind is stored in.
 enum Memory {
@@ -75,6 +78,8 @@ pub struct CudaBackend<A: MatmulElement> {
     /// the bytes of its work space counted in `allocated`.
     solver: Option<Solver>,
     solver_bytes: u64,
+    /// The gradients' all-reduce on the device, once [`CudaBackend::use_nccl`] set it up.
+    nccl: Option<Nccl>,
     /// Bytes allocated through this backend, and the most at any time.
     allocated: u64,
     peak: u64,
@@ -148,6 +153,7 @@ impl<A: MatmulElement> CudaBackend<A> {
             scratch: None,
             solver: None,
             solver_bytes: 0,
+            nccl: None,
             allocated: 0,
             peak: 0,
             activations: PhantomData,
@@ -247,6 +253,13 @@ impl<A: MatmulElement> CudaBackend<A> {
         }
         let scratch = self.scratch.as_ref().expect("allocated above");
         scratch.view().slice(0, len)
+    }
+
+    /// Sums over `host`'s ranks go through NCCL on the device from now on (collective: every
+    /// rank calls it, each on its own GPU).
+    pub fn use_nccl(&mut self, host: &dyn Comm) -> Result<()> {
+        self.nccl = Some(Nccl::new(host)?);
+        Ok(())
     }
 
     /// The cuSOLVER handle, opened on first use: a backend that never needs it works without
@@ -761,6 +774,23 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
             softcap,
             grad_scale,
         )
+    }
+
+    fn all_reduce_sum(&mut self, t: Tensor, comm: &dyn Comm) -> Result<()> {
+        match &self.nccl {
+            Some(nccl) => {
+                ensure!(
+                    nccl.size() == comm.size(),
+                    "NCCL was set up for {} ranks, the run has {}",
+                    nccl.size(),
+                    comm.size()
+                );
+                nccl.all_reduce_sum(self.f32(t)?, &self.gpu.stream)?;
+                self.wrote(t);
+                Ok(())
+            }
+            None => all_reduce_on_host(self, t, comm),
+        }
     }
 
     fn sum(&mut self, t: Tensor) -> Result<f64> {

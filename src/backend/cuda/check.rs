@@ -143,7 +143,7 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
     // Each section on its own: one that fails (a launch error, a missing library) is a failed
     // row with its error printed, and the others still run, so one run on a GPU tells all.
     type Section = fn(&mut Check, usize) -> Result<()>;
-    let sections: [(&str, Section); 18] = [
+    let sections: [(&str, Section); 19] = [
         ("activations f32", |c, _| c.activations::<f32>()),
         ("activations bf16", |c, _| c.activations::<bf16>()),
         ("norms f32", |c, _| c.norms::<f32>()),
@@ -168,6 +168,7 @@ pub fn run(ordinal: usize, seed: u64) -> Result<()> {
         ("whole training steps", |c, ordinal| {
             c.training_steps(ordinal)
         }),
+        ("NCCL", |c, ordinal| c.nccl_one_rank(ordinal)),
     ];
     for (name, section) in sections {
         if let Err(error) = section(&mut check, ordinal) {

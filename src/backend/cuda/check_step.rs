@@ -16,10 +16,11 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use super::{Check, Comparison, relative_error};
-use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::backend::CudaBackend;
 use crate::backend::cuda::matmul::MatmulElement;
+use crate::backend::{Backend, BufferKind};
+use crate::dist::SingleRank;
 use crate::model::{Arch, Gpt, ModelConfig, ModelOverrides, ModelSize, Pass};
 use crate::optim::{OptimConfig, Optimizer, OptimizerKind};
 
@@ -152,6 +153,28 @@ impl Check<'_> {
                 error: relative_error(&change(&gpu_after), &change(&cpu_after)),
             });
         }
+        Ok(())
+    }
+}
+
+impl Check<'_> {
+    /// NCCL's all-reduce over one rank, as data-parallel training calls it on the gradients: it
+    /// must run and leave them exactly as they were (a sum over one rank), so that a run with
+    /// NCCL gives the losses of one without.
+    pub(super) fn nccl_one_rank(&mut self, ordinal: usize) -> Result<()> {
+        let mut gpu = CudaBackend::<f32>::new(ordinal)?;
+        let values = self.random::<f32>(1_000_003, 1.0);
+        let grads = gpu.alloc(values.len(), BufferKind::Gradients)?;
+        gpu.write(grads, &values)?;
+        gpu.use_nccl(&SingleRank)?;
+        gpu.all_reduce_sum(grads, &SingleRank)?;
+        let summed = gpu.read(grads)?;
+        self.comparisons.push(Comparison {
+            kernel: "NCCL all-reduce, one rank".into(),
+            tensor: "gradients",
+            dtype: "f32",
+            error: relative_error(&summed, &values),
+        });
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod elementwise;
 pub mod kernels;
 pub mod launch;
 pub mod matmul;
+pub mod nccl;
 pub mod nvrtc;
 pub mod precondition;
 pub mod solver;

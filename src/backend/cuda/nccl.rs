@@ -1,0 +1,147 @@
+//! NCCL between the GPUs of a data-parallel run: the gradients' all-reduce on the device,
+//! instead of through the host as [`crate::dist::Comm`] does.
+//!
+//! The communicator is set up over the run's host [`Comm`] (threads, or processes over TCP):
+//! rank 0 asks NCCL for a unique id and broadcasts its 128 bytes, then every rank joins. NCCL's
+//! all-reduce gives every rank the same bits (each chunk is reduced once and then copied), so
+//! replicas stay identical, as with the host collectives; the order of the additions is NCCL's
+//! ring, not rank order, so results differ from the host path by float rounding.
+//!
+//! libnccl is loaded at run time (cudarc's dynamic loading); without it, an error. Not yet run
+//! on a GPU.
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use cudarc::driver::CudaStream;
+use cudarc::nccl::{result, sys};
+
+use super::view::View;
+use crate::dist::Comm;
+
+/// Whether libnccl can be loaded (cudarc would panic on its first call otherwise).
+pub fn present() -> bool {
+    // SAFETY: only tries to dlopen the library's candidate names.
+    unsafe { sys::is_culib_present() }
+}
+
+/// NCCL's error as an error that says what failed (cudarc's `NcclError` is no `std` error).
+fn failed(what: String) -> impl FnOnce(result::NcclError) -> anyhow::Error {
+    move |error| anyhow!("{what}: NCCL returned {:?}", error.0)
+}
+
+/// One rank's NCCL communicator.
+pub struct Nccl {
+    comm: sys::ncclComm_t,
+    size: usize,
+}
+
+/// A unique id's 128 bytes as 32 f32 slots, whose copies move bits unchanged.
+fn id_to_slots(id: &sys::ncclUniqueId) -> Vec<f32> {
+    id.internal
+        .chunks_exact(4)
+        .map(|b| {
+            f32::from_bits(u32::from_ne_bytes([
+                b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8,
+            ]))
+        })
+        .collect()
+}
+
+fn slots_to_id(slots: &[f32]) -> sys::ncclUniqueId {
+    let mut id = sys::ncclUniqueId { internal: [0; 128] };
+    for (chunk, slot) in id.internal.chunks_exact_mut(4).zip(slots) {
+        for (byte, value) in chunk.iter_mut().zip(slot.to_bits().to_ne_bytes()) {
+            *byte = value as _;
+        }
+    }
+    id
+}
+
+impl Nccl {
+    /// Joins the communicator of `host`'s ranks, on the current GPU (each rank its own).
+    /// Collective: every rank of `host` must call it.
+    pub fn new(host: &dyn Comm) -> Result<Nccl> {
+        // Every rank learns whether all have the library before any waits in NCCL's set-up,
+        // which would wait forever for a rank that cannot join.
+        let mut ready = [f32::from(u8::from(present()))];
+        host.all_reduce_sum(&mut ready)?;
+        if !present() {
+            bail!(
+                "NCCL (libnccl.so.2) cannot be loaded: install it (e.g. pip install \
+                 nvidia-nccl-cu13) and put its lib directory on LD_LIBRARY_PATH"
+            );
+        }
+        ensure!(
+            ready[0] as usize == host.size(),
+            "NCCL cannot be loaded on {} of the {} ranks",
+            host.size() - ready[0] as usize,
+            host.size()
+        );
+        let mut slots = if host.is_lead() {
+            id_to_slots(&result::get_uniqueid().map_err(failed("making NCCL's unique id".into()))?)
+        } else {
+            vec![0.0; 32]
+        };
+        host.broadcast(&mut slots, 0)?;
+        let (size, rank) = (
+            i32::try_from(host.size()).context("too many ranks for NCCL")?,
+            host.rank() as i32,
+        );
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: `comm` receives the new communicator; every rank passes the same id and size.
+        unsafe { result::comm_init_rank(&mut comm, size, slots_to_id(&slots), rank) }
+            .map_err(failed(format!("setting up NCCL rank {rank} of {size}")))?;
+        Ok(Nccl {
+            comm,
+            size: host.size(),
+        })
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// `x ← Σ_ranks x`, in place, queued on `stream`.
+    pub fn all_reduce_sum(&self, x: View<f32>, stream: &CudaStream) -> Result<()> {
+        ensure!(!self.comm.is_null(), "NCCL communicator already closed");
+        // SAFETY: x lies in a live allocation of x.len() floats on this rank's GPU; in place
+        // (send = receive) is allowed by NCCL.
+        unsafe {
+            result::all_reduce(
+                x.address() as *const _,
+                x.address() as *mut _,
+                x.len(),
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(failed("NCCL all-reduce".into()))?;
+        Ok(())
+    }
+}
+
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        // SAFETY: the communicator was made by comm_init_rank and is destroyed once.
+        let _ = unsafe { result::comm_destroy(self.comm) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unique_id_survives_the_trip_through_f32_slots() {
+        let mut id = sys::ncclUniqueId { internal: [0; 128] };
+        for (i, byte) in id.internal.iter_mut().enumerate() {
+            // Every byte value, NaN bit patterns included.
+            *byte = (i as u8).wrapping_mul(37).wrapping_add(0x7f) as _;
+        }
+        let slots = id_to_slots(&id);
+        assert_eq!(slots.len(), 32);
+        let copied: Vec<f32> = slots.clone();
+        assert_eq!(slots_to_id(&copied).internal, id.internal);
+    }
+}
