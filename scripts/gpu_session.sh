@@ -83,8 +83,8 @@ stage() {
     return "$rc"
 }
 
-# The CUDA 13 libraries speedrun loads at run time (NVRTC, cuBLASLt): the toolkit's, else the
-# pip wheels' next to PyTorch. Only speedrun's commands get them, not python's.
+# The CUDA libraries speedrun loads at run time (NVRTC 13, cuBLASLt 13, cuSOLVER, NCCL): the
+# toolkit's, else the pip wheels' next to PyTorch. Only speedrun's commands get them, not python's.
 cuda_lib_dirs() {
     local dirs=()
     for d in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64; do
@@ -96,7 +96,7 @@ import glob, os, site
 found = []
 for sp in site.getsitepackages():
     for d in sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib"))):
-        if glob.glob(os.path.join(d, "libnvrtc.so.13*")) or glob.glob(os.path.join(d, "libcublasLt.so.13*")):
+        if any(glob.glob(os.path.join(d, lib)) for lib in ("libnvrtc.so.13*", "libcublasLt.so.13*", "libcusolver.so*", "libnccl.so.2*")):
             found.append(d)
 print(":".join(found))
 EOF
