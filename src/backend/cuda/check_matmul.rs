@@ -68,23 +68,12 @@ impl Check<'_> {
                 beta,
             };
             let gd = self.up::<O>(if apart { &nans } else { &c })?;
-            matmul.gemm(
-                gd.view(),
-                ga.view(),
-                gb.view(),
-                apart.then(|| gc.view()),
-                shape,
-            )?;
+            let (d, a, b, c_apart) = (gd.view(), ga.view(), gb.view(), apart.then(|| gc.view()));
+            matmul.gemm(d, a, b, c_apart, shape)?;
             if beta == 0.0 {
                 // Idempotent with β = 0: the same call again must find its plan made.
                 let plans = matmul.plans();
-                matmul.gemm(
-                    gd.view(),
-                    ga.view(),
-                    gb.view(),
-                    apart.then(|| gc.view()),
-                    shape,
-                )?;
+                matmul.gemm(d, a, b, c_apart, shape)?;
                 ensure!(
                     matmul.plans() == plans,
                     "repeating a matrix product made a new plan instead of reusing its own"
