@@ -7,8 +7,9 @@ use anyhow::Result;
 
 use super::GroupRange;
 use super::matrix_sets::matrix_sets;
-use crate::backend::{Backend, BlockLayout, Gemm, Tensor};
-use crate::model::ParamSpec;
+use crate::backend::{Backend, BlockLayout, BufferKind, Gemm, Tensor};
+use crate::model::params::Init;
+use crate::model::{Group, ParamSpec};
 
 /// `count` square `n × n` matrices back to back from `offset` in a factor-shaped buffer.
 #[derive(Clone, Copy, Debug)]
@@ -219,10 +220,55 @@ impl Tiling {
     }
 }
 
+/// A matrix group built by hand, for tests and checks of the matrix optimizers: `count`
+/// matrices of `rows × cols` per entry of `shapes`, back to back in one parameter buffer (and
+/// one gradient buffer) of `backend`.
+pub(crate) struct MatrixGroup {
+    pub specs: Vec<ParamSpec>,
+    pub range: GroupRange,
+}
+
+impl MatrixGroup {
+    pub fn new(backend: &mut dyn Backend, shapes: &[(usize, usize, usize)]) -> Result<Self> {
+        let len = shapes.iter().map(|(r, c, n)| r * c * n).sum();
+        let param = backend.alloc(len, BufferKind::Parameters)?;
+        let grad = backend.alloc(len, BufferKind::Gradients)?;
+        let mut offset = 0;
+        let specs = shapes
+            .iter()
+            .map(|&(rows, cols, count)| {
+                let spec = ParamSpec {
+                    name: "w",
+                    shape: vec![count, rows, cols],
+                    group: Group::Matrix,
+                    init: Init::Zeros,
+                    tensor: param.slice(offset, rows * cols * count),
+                    matrix: Some((rows, cols)),
+                };
+                offset += rows * cols * count;
+                spec
+            })
+            .collect();
+        Ok(MatrixGroup {
+            specs,
+            range: GroupRange {
+                group: Group::Matrix,
+                param,
+                grad,
+            },
+        })
+    }
+
+    pub fn specs(&self) -> Vec<&ParamSpec> {
+        self.specs.iter().collect()
+    }
+}
+
 /// What the Shampoo and SOAP tests share: matrix groups built by hand, and the checks that any
 /// matrix optimizer must pass (exact resumption from its state, a falling training loss).
 #[cfg(test)]
 pub(super) mod test_support {
+    use super::MatrixGroup;
     use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -230,11 +276,9 @@ pub(super) mod test_support {
 
     use super::super::tests::{random, to_matrix};
     use super::super::{AdamConfig, Elementwise, GroupOptimizer, GroupRange, UpdateRule};
+    use crate::backend::Backend;
     use crate::backend::cpu::CpuBackend;
-    use crate::backend::{Backend, BufferKind};
-    use crate::model::{
-        Arch, Gpt, Group, ModelConfig, ModelOverrides, ModelSize, ParamSpec, Pass, params::Init,
-    };
+    use crate::model::{Arch, Gpt, Group, ModelConfig, ModelOverrides, ModelSize, ParamSpec, Pass};
 
     /// Checks that each matrix of a group (one per entry of `shapes`, back to back) moved from
     /// `before` to `after` as `reference` moves it — called with the matrix's index, its
@@ -268,55 +312,13 @@ pub(super) mod test_support {
     pub type Make<'a> =
         &'a dyn Fn(&mut dyn Backend, &GroupRange, &[&ParamSpec]) -> Box<dyn GroupOptimizer>;
 
-    /// A matrix group of `count` matrices of `rows × cols` per entry, back to back.
-    pub struct Matrices {
-        pub specs: Vec<ParamSpec>,
-        pub range: GroupRange,
-    }
-
-    impl Matrices {
-        pub fn new(backend: &mut dyn Backend, shapes: &[(usize, usize, usize)]) -> Matrices {
-            let len = shapes.iter().map(|(r, c, n)| r * c * n).sum();
-            let param = backend.alloc(len, BufferKind::Parameters).unwrap();
-            let grad = backend.alloc(len, BufferKind::Gradients).unwrap();
-            let mut offset = 0;
-            let specs = shapes
-                .iter()
-                .map(|&(rows, cols, count)| {
-                    let spec = ParamSpec {
-                        name: "w",
-                        shape: vec![count, rows, cols],
-                        group: Group::Matrix,
-                        init: Init::Zeros,
-                        tensor: param.slice(offset, rows * cols * count),
-                        matrix: Some((rows, cols)),
-                    };
-                    offset += rows * cols * count;
-                    spec
-                })
-                .collect();
-            Matrices {
-                specs,
-                range: GroupRange {
-                    group: Group::Matrix,
-                    param,
-                    grad,
-                },
-            }
-        }
-
-        pub fn specs(&self) -> Vec<&ParamSpec> {
-            self.specs.iter().collect()
-        }
-    }
-
     /// Three steps, then the parameters and every state tensor copied into a fresh optimizer:
     /// two more steps on each must agree bit for bit (on the f32 backend that trains, whose
     /// host reads and writes are exact).
     pub fn assert_resumes_exactly(make: Make) {
         let shapes = [(3, 2, 2), (5, 3, 1)];
         let mut first = CpuBackend::<f32>::new();
-        let group = Matrices::new(&mut first, &shapes);
+        let group = MatrixGroup::new(&mut first, &shapes).unwrap();
         let mut optimizer = make(&mut first, &group.range, &group.specs());
         let n = group.range.param.len;
         first.write(group.range.param, &random(n, 1)).unwrap();
@@ -327,7 +329,7 @@ pub(super) mod test_support {
             optimizer.step(&mut first, step, 1.0).unwrap();
         }
         let mut second = CpuBackend::<f32>::new();
-        let copy = Matrices::new(&mut second, &shapes);
+        let copy = MatrixGroup::new(&mut second, &shapes).unwrap();
         let mut resumed = make(&mut second, &copy.range, &copy.specs());
         let params = first.read(group.range.param).unwrap();
         second.write(copy.range.param, &params).unwrap();

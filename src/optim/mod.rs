@@ -29,6 +29,7 @@ pub use adadelta::AdadeltaConfig;
 pub use adagrad::AdagradConfig;
 pub use adam::{AdamConfig, AdamVariant};
 pub use elementwise::Elementwise;
+pub(crate) use kronecker::MatrixGroup;
 pub use muon::{Muon, NewtonSchulzScratch, NsCoefficients, newton_schulz};
 pub use rmsprop::RmspropConfig;
 pub use sf_adamw::{ScheduleFree, SfAdamwConfig};

@@ -282,8 +282,9 @@ mod tests {
 
     use nalgebra::DMatrix;
 
+    use super::super::kronecker::MatrixGroup;
     use super::super::kronecker::test_support::{
-        Matrices, assert_moves_like, assert_resumes_exactly, assert_training_lowers_the_loss,
+        assert_moves_like, assert_resumes_exactly, assert_training_lowers_the_loss,
     };
     use super::super::tests::{random, to_matrix};
     use super::*;
@@ -397,7 +398,7 @@ mod tests {
                 ..config()
             };
             let mut b = CpuBackend::<f64>::new();
-            let group = Matrices::new(&mut b, &shapes);
+            let group = MatrixGroup::new(&mut b, &shapes).unwrap();
             let mut shampoo =
                 Shampoo::new(&mut b, &group.range, &group.specs(), c.clone()).unwrap();
             let n = group.range.param.len;
@@ -454,9 +455,9 @@ mod tests {
                 .collect()
         };
         let mut b = CpuBackend::<f64>::new();
-        let whole = Matrices::new(&mut b, &[(rows, cols, count)]);
+        let whole = MatrixGroup::new(&mut b, &[(rows, cols, count)]).unwrap();
         let shapes: Vec<_> = tiles.iter().map(|&(_, _, r, _, cc)| (r, cc, 1)).collect();
-        let parts = Matrices::new(&mut b, &shapes);
+        let parts = MatrixGroup::new(&mut b, &shapes).unwrap();
         let mut blocked = Shampoo::new(&mut b, &whole.range, &whole.specs(), c.clone()).unwrap();
         let unblocked = ShampooConfig { block: 1024, ..c };
         let mut separate = Shampoo::new(&mut b, &parts.range, &parts.specs(), unblocked).unwrap();

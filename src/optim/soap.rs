@@ -254,8 +254,9 @@ mod tests {
 
     use nalgebra::DMatrix;
 
+    use super::super::kronecker::MatrixGroup;
     use super::super::kronecker::test_support::{
-        Matrices, assert_moves_like, assert_resumes_exactly, assert_training_lowers_the_loss,
+        assert_moves_like, assert_resumes_exactly, assert_training_lowers_the_loss,
     };
     use super::super::tests::{random, to_matrix};
     use super::*;
@@ -280,7 +281,7 @@ mod tests {
     #[test]
     fn the_first_step_only_builds_factors_and_their_eigenbases() {
         let mut b = CpuBackend::<f64>::new();
-        let group = Matrices::new(&mut b, &SHAPES);
+        let group = MatrixGroup::new(&mut b, &SHAPES).unwrap();
         let mut soap = Soap::new(&mut b, &group.range, &group.specs(), config()).unwrap();
         let n = group.range.param.len;
         let (params, grads) = (random(n, 1), random(n, 2));
@@ -402,7 +403,7 @@ mod tests {
         // steps: a refresh after steps 2 and 4, each then used by the next step.
         let c = config();
         let mut b = CpuBackend::<f64>::new();
-        let group = Matrices::new(&mut b, &SHAPES);
+        let group = MatrixGroup::new(&mut b, &SHAPES).unwrap();
         let mut soap = Soap::new(&mut b, &group.range, &group.specs(), c.clone()).unwrap();
         let mut references: Vec<_> = SHAPES
             .iter()

@@ -26,9 +26,10 @@ use anyhow::Result;
 use super::{Check, Comparison, relative_error};
 use crate::backend::cuda::backend::CudaBackend;
 use crate::backend::{Backend, BlockLayout, BufferKind, Tensor};
-use crate::model::params::Init;
-use crate::model::{Group, ParamSpec};
-use crate::optim::{GroupOptimizer, GroupRange, Shampoo, ShampooConfig, Soap, SoapConfig};
+use crate::model::ParamSpec;
+use crate::optim::{
+    GroupOptimizer, GroupRange, MatrixGroup, Shampoo, ShampooConfig, Soap, SoapConfig,
+};
 
 /// Elements of the element-wise operations: odd, so the grid-stride loops' tails run.
 const LEN: usize = 30_003;
@@ -139,33 +140,11 @@ impl Check<'_> {
             &mut gpu as &mut dyn Backend,
             &mut self.cpu as &mut dyn Backend,
         ] {
-            let param = backend.alloc(len, BufferKind::Parameters)?;
-            let grad = backend.alloc(len, BufferKind::Gradients)?;
-            backend.write(param, &weights)?;
-            let mut offset = 0;
-            let specs: Vec<ParamSpec> = shapes
-                .iter()
-                .map(|&(rows, cols, count)| {
-                    let spec = ParamSpec {
-                        name: "w",
-                        shape: vec![count, rows, cols],
-                        group: Group::Matrix,
-                        init: Init::Zeros,
-                        tensor: param.slice(offset, rows * cols * count),
-                        matrix: Some((rows, cols)),
-                    };
-                    offset += rows * cols * count;
-                    spec
-                })
-                .collect();
-            let range = GroupRange {
-                group: Group::Matrix,
-                param,
-                grad,
-            };
-            let mut optimizer = make(backend, &range, &specs.iter().collect::<Vec<_>>())?;
+            let group = MatrixGroup::new(backend, shapes)?;
+            backend.write(group.range.param, &weights)?;
+            let mut optimizer = make(backend, &group.range, &group.specs())?;
             optimizer.start(backend)?;
-            sides.push((range, optimizer));
+            sides.push((group.range, optimizer));
         }
         for step in 0..STEPS {
             let grad = gradient(self);
