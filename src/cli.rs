@@ -720,6 +720,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
         "--batch must be positive and --seq-len in 1..={}",
         model.max_seq_len
     );
+    let device = choose_device(args.device, args.optimizer, 1)?;
+    let mut backend = open_backend(device, args.threads)?;
+    // A GPU needs a large product to approach its peak; a 2-core CPU would take minutes on one.
+    let on_gpu = backend.describe().starts_with("cuda");
     let config = BenchConfig {
         optim: OptimConfig::defaults(args.arch, args.optimizer),
         model,
@@ -728,15 +732,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         accum: args.accum,
         steps: args.steps,
         warmup: args.warmup,
-        gemm_size: 0,
-    };
-    let device = choose_device(args.device, args.optimizer, 1)?;
-    let mut backend = open_backend(device, args.threads)?;
-    // A GPU needs a large product to approach its peak; a 2-core CPU would take minutes on one.
-    let on_gpu = backend.describe().starts_with("cuda");
-    let config = BenchConfig {
         gemm_size: args.gemm_size.unwrap_or(if on_gpu { 8192 } else { 2048 }),
-        ..config
     };
     info!(
         "timing {} steps after {} warm-up steps",

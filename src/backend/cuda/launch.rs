@@ -860,20 +860,26 @@ impl Kernels {
         let buckets = bucket_rows(tokens, vocab)?;
         let c32 = int("channels", channels)?;
         if !buckets.token.is_empty() {
-            // The buckets into the scratch, as 32-bit integers (uploads wait for the copy).
+            // The buckets into the scratch back to back as 32-bit integers, in one upload (which
+            // waits for the copy).
             ensure!(
                 scratch.len() >= embedding_backward_scratch(rows),
                 "embedding backward scratch of {} elements for {rows} tokens",
                 scratch.len()
             );
+            let (starts, tokens) = (buckets.start.len(), buckets.token.len());
+            let packed: Vec<u32> = (buckets.order.iter().chain(&buckets.start))
+                .map(|&i| i as u32)
+                .chain(buckets.token.iter().copied())
+                .collect();
+            view::upload(
+                &self.stream,
+                scratch.slice(0, packed.len())?.cast::<u32>(),
+                &packed,
+            )?;
             let order = scratch.slice(0, rows)?.cast::<i32>();
-            let start = scratch.slice(rows, buckets.start.len())?.cast::<i32>();
-            let token = scratch
-                .slice(2 * rows + 1, buckets.token.len())?
-                .cast::<u32>();
-            view::upload(&self.stream, order, &buckets.order)?;
-            view::upload(&self.stream, start, &buckets.start)?;
-            view::upload(&self.stream, token, &buckets.token)?;
+            let start = scratch.slice(rows, starts)?.cast::<i32>();
+            let token = scratch.slice(rows + starts, tokens)?.cast::<u32>();
             let kernel = self.typed::<T>(EMBEDDING_BACKWARD_TABLE)?;
             let mut launch = kernel.args(&self.stream);
             launch
