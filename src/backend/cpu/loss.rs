@@ -6,6 +6,9 @@ use rayon::prelude::*;
 use super::{Real, expect_len};
 use crate::backend::IGNORE_TARGET;
 
+/// Logits per block of vectorised exponentials.
+const EXP_BLOCK: usize = 256;
+
 pub(super) fn softmax_cross_entropy<F: Real>(
     logits: &mut [F],
     losses: &mut [F],
@@ -42,21 +45,35 @@ pub(super) fn softmax_cross_entropy<F: Real>(
             // Soft-cap in place: z ← cap·tanh(z/cap); the gradient needs only the capped value,
             // since d(cap·tanh(x/cap))/dx = 1 − (capped/cap)².
             if let Some(cap) = softcap {
-                z.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
+                z.iter_mut().for_each(|z| *z /= cap);
+                F::tanh_in_place(z);
+                z.iter_mut().for_each(|z| *z *= cap);
             }
             let max = z.iter().copied().fold(F::neg_infinity(), F::max);
-            let sum: F = z.iter().map(|&v| (v - max).exp()).sum();
+            // The exponentials go through a block on the stack, so that they run vectorised.
+            let mut exps = [F::zero(); EXP_BLOCK];
+            let mut sum = F::zero();
+            for block in z.chunks(EXP_BLOCK) {
+                let e = &mut exps[..block.len()];
+                e.iter_mut().zip(block).for_each(|(e, &v)| *e = v - max);
+                F::exp_in_place(e);
+                sum += e.iter().copied().sum();
+            }
             let lse = max + sum.ln();
             *loss = lse - z[target];
             if let Some(scale) = grad_scale {
-                for (j, zj) in z.iter_mut().enumerate() {
-                    let p = (*zj - lse).exp();
-                    let indicator = if j == target { F::one() } else { F::zero() };
-                    let cap_slope = softcap.map_or(F::one(), |cap| {
-                        let u = *zj / cap;
-                        F::one() - u * u
-                    });
-                    *zj = scale * (p - indicator) * cap_slope;
+                for (start, block) in (0..).step_by(EXP_BLOCK).zip(z.chunks_mut(EXP_BLOCK)) {
+                    let p = &mut exps[..block.len()];
+                    p.iter_mut().zip(&*block).for_each(|(p, &v)| *p = v - lse);
+                    F::exp_in_place(p);
+                    for (j, (zj, &p)) in (start..).zip(block.iter_mut().zip(&*p)) {
+                        let indicator = if j == target { F::one() } else { F::zero() };
+                        let cap_slope = softcap.map_or(F::one(), |cap| {
+                            let u = *zj / cap;
+                            F::one() - u * u
+                        });
+                        *zj = scale * (p - indicator) * cap_slope;
+                    }
                 }
                 padding.fill(F::zero());
             }

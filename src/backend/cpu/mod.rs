@@ -62,6 +62,24 @@ pub trait Real:
     fn f32(self) -> f32;
     fn f64(self) -> f64;
     const NAME: &'static str;
+    /// `x ← tanh(x)` over a slice: the hot transcendental of GELU and the logit soft-cap,
+    /// vectorised for f32 (libm's scalar `tanhf` was a seventh of a d12 step).
+    fn tanh_in_place(xs: &mut [Self]);
+    /// `x ← eˣ` over a slice, vectorised for f32 like [`Real::tanh_in_place`].
+    fn exp_in_place(xs: &mut [Self]);
+}
+
+/// Applies `f` to `xs` eight lanes at a time, the tail element by element.
+fn map_f32x8(xs: &mut [f32], f: impl Fn(wide::f32x8) -> wide::f32x8, tail: impl Fn(f32) -> f32) {
+    let mut lanes = xs.chunks_exact_mut(8);
+    for chunk in &mut lanes {
+        let v = f(wide::f32x8::new(chunk.try_into().expect("chunks of 8")));
+        chunk.copy_from_slice(v.as_array());
+    }
+    lanes
+        .into_remainder()
+        .iter_mut()
+        .for_each(|x| *x = tail(*x));
 }
 
 impl Real for f32 {
@@ -75,6 +93,12 @@ impl Real for f32 {
         self as f64
     }
     const NAME: &'static str = "f32";
+    fn tanh_in_place(xs: &mut [f32]) {
+        map_f32x8(xs, wide::f32x8::tanh, f32::tanh);
+    }
+    fn exp_in_place(xs: &mut [f32]) {
+        map_f32x8(xs, wide::f32x8::exp, f32::exp);
+    }
 }
 
 impl Real for f64 {
@@ -88,6 +112,12 @@ impl Real for f64 {
         self
     }
     const NAME: &'static str = "f64";
+    fn tanh_in_place(xs: &mut [f64]) {
+        xs.iter_mut().for_each(|x| *x = x.tanh());
+    }
+    fn exp_in_place(xs: &mut [f64]) {
+        xs.iter_mut().for_each(|x| *x = x.exp());
+    }
 }
 
 /// The CPU backend: buffers are plain vectors, [`Tensor`]s index into them.
@@ -95,14 +125,13 @@ impl Real for f64 {
 pub struct CpuBackend<F: Real = f32> {
     floats: Vec<Vec<F>>,
     tokens: Vec<Vec<u32>>,
+    /// A weight copied with padded rows for [`matmul::forward`], kept between calls.
+    padded_weight: Vec<F>,
 }
 
 impl<F: Real> CpuBackend<F> {
     pub fn new() -> Self {
-        CpuBackend {
-            floats: Vec::new(),
-            tokens: Vec::new(),
-        }
+        Self::default()
     }
 
     fn views(&mut self) -> Views<'_, F> {
@@ -402,11 +431,12 @@ impl<F: Real> Backend for CpuBackend<F> {
         in_dim: usize,
         out_dim: usize,
     ) -> Result<()> {
-        let mut v = self.views();
+        let mut v = Views::new(&mut self.floats);
         let out = v.mutable(out);
         let (inp, weight) = (v.shared(inp), v.shared(weight));
         let bias = bias.map(|b| v.shared(b));
-        matmul::forward(out, inp, weight, bias, rows, in_dim, out_dim);
+        let scratch = &mut self.padded_weight;
+        matmul::forward(out, inp, weight, bias, rows, in_dim, out_dim, scratch);
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::{activation, attention, embedding, loss, matmul, norm, optim};
+use super::{Real, activation, attention, embedding, loss, matmul, norm, optim};
 use crate::backend::{AttentionShape, BlockLayout, Gemm};
 
 fn random(n: usize, seed: u64) -> Vec<f64> {
@@ -275,36 +275,60 @@ fn attention_decode_over_a_cache_matches_the_last_row_of_full_attention() {
 }
 
 #[test]
-fn matmul_matches_reference_and_backward_matches_finite_differences() {
-    let (n, ic, oc) = (5, 4, 3);
-    let (x, w, bias, dy) = (
-        random(n * ic, 51),
-        random(oc * ic, 52),
-        random(oc, 53),
-        random(n * oc, 54),
-    );
-    let forward = |x: &[f64], w: &[f64], bias: &[f64]| {
-        let mut y = vec![0.0; n * oc];
-        matmul::forward(&mut y, x, w, Some(bias), n, ic, oc);
-        y
-    };
-    let y = forward(&x, &w, &bias);
-    for r in 0..n {
-        for o in 0..oc {
-            let want = dot(&x[r * ic..][..ic], &w[o * ic..][..ic]) + bias[o];
-            assert!((y[r * oc + o] - want).abs() < 1e-12);
+fn vectorised_f32_tanh_and_exp_match_f64_libm() {
+    // 1001 values (not a multiple of the 8 lanes) from −30 to 30, where tanh saturates and
+    // eˣ spans 26 orders of magnitude; the f64 functions of the C library are the reference.
+    let xs: Vec<f32> = (0..1001).map(|i| -30.0 + 0.06 * i as f32).collect();
+    let check = |name: &str, batch: fn(&mut [f32]), exact: fn(f64) -> f64, ulps: f64| {
+        let mut got = xs.clone();
+        batch(&mut got);
+        for (&x, &y) in xs.iter().zip(&got) {
+            let want = exact(f64::from(x));
+            let bound = ulps * f64::from(f32::EPSILON) * want.abs();
+            assert!(
+                (f64::from(y) - want).abs() <= bound,
+                "{name}({x}) = {y}, want {want} within {ulps} ulps"
+            );
         }
+    };
+    check("tanh", f32::tanh_in_place, f64::tanh, 4.0);
+    check("exp", f32::exp_in_place, f64::exp, 4.0);
+}
+
+#[test]
+fn matmul_matches_reference_and_backward_matches_finite_differences() {
+    // 512 f64 values make rows of 4 KiB: the path through a padded copy of the weight.
+    for ic in [4, 512] {
+        let (n, oc) = (5, 3);
+        let (x, w, bias, dy) = (
+            random(n * ic, 51),
+            random(oc * ic, 52),
+            random(oc, 53),
+            random(n * oc, 54),
+        );
+        let forward = |x: &[f64], w: &[f64], bias: &[f64]| {
+            let mut y = vec![0.0; n * oc];
+            matmul::forward(&mut y, x, w, Some(bias), n, ic, oc, &mut Vec::new());
+            y
+        };
+        let y = forward(&x, &w, &bias);
+        for r in 0..n {
+            for o in 0..oc {
+                let want = dot(&x[r * ic..][..ic], &w[o * ic..][..ic]) + bias[o];
+                assert!((y[r * oc + o] - want).abs() < 1e-12);
+            }
+        }
+        let (dw0, db0) = (random(oc * ic, 55), random(oc, 56));
+        let (mut dx, mut dw, mut db) = (vec![f64::NAN; n * ic], dw0.clone(), db0.clone());
+        matmul::backward(&mut dx, &mut dw, Some(&mut db), &dy, &x, &w, n, ic, oc);
+        let minus = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<_>>();
+        let num_dx = numeric_gradient(&x, |x| dot(&dy, &forward(x, &w, &bias)));
+        let num_dw = numeric_gradient(&w, |w| dot(&dy, &forward(&x, w, &bias)));
+        let num_db = numeric_gradient(&bias, |b| dot(&dy, &forward(&x, &w, b)));
+        assert_close("dx", &dx, &num_dx, FD_TOL);
+        assert_close("dweight", &minus(&dw, &dw0), &num_dw, FD_TOL);
+        assert_close("dbias", &minus(&db, &db0), &num_db, FD_TOL);
     }
-    let (dw0, db0) = (random(oc * ic, 55), random(oc, 56));
-    let (mut dx, mut dw, mut db) = (vec![f64::NAN; n * ic], dw0.clone(), db0.clone());
-    matmul::backward(&mut dx, &mut dw, Some(&mut db), &dy, &x, &w, n, ic, oc);
-    let minus = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<_>>();
-    let num_dx = numeric_gradient(&x, |x| dot(&dy, &forward(x, &w, &bias)));
-    let num_dw = numeric_gradient(&w, |w| dot(&dy, &forward(&x, w, &bias)));
-    let num_db = numeric_gradient(&bias, |b| dot(&dy, &forward(&x, &w, b)));
-    assert_close("dx", &dx, &num_dx, FD_TOL);
-    assert_close("dweight", &minus(&dw, &dw0), &num_dw, FD_TOL);
-    assert_close("dbias", &minus(&db, &db0), &num_db, FD_TOL);
 }
 
 #[test]
