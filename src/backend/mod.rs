@@ -31,6 +31,36 @@ pub fn all_reduce_on_host<B: Backend + ?Sized>(
     backend.write(t, &values)
 }
 
+/// [`Backend::all_gather_pieces`] through the host.
+pub fn all_gather_on_host<B: Backend + ?Sized>(
+    backend: &mut B,
+    t: Tensor,
+    lens: &[usize],
+    comm: &dyn Comm,
+) -> Result<()> {
+    let (start, len) = piece_of(lens, comm.rank());
+    let mine = backend.read(t.slice(start, len))?;
+    backend.write(t, &comm.gather_pieces(&mine, lens)?)
+}
+
+/// [`Backend::reduce_scatter_sum`] through the host.
+pub fn reduce_scatter_on_host<B: Backend + ?Sized>(
+    backend: &mut B,
+    t: Tensor,
+    lens: &[usize],
+    comm: &dyn Comm,
+) -> Result<()> {
+    let values = backend.read(t)?;
+    let sum = comm.reduce_scatter_pieces(&values, lens)?;
+    let (start, len) = piece_of(lens, comm.rank());
+    backend.write(t.slice(start, len), &sum)
+}
+
+/// Where piece `rank` of consecutive pieces of `lens` starts, and its length.
+pub fn piece_of(lens: &[usize], rank: usize) -> (usize, usize) {
+    (lens[..rank].iter().sum(), lens[rank])
+}
+
 /// A view of `len` consecutive `f32`-valued elements of one backend buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tensor {
@@ -565,6 +595,21 @@ pub trait Backend {
     /// on the device. Every rank must call it.
     fn all_reduce_sum(&mut self, t: Tensor, comm: &dyn Comm) -> Result<()> {
         all_reduce_on_host(self, t, comm)
+    }
+
+    /// `t` is cut into consecutive pieces of `lens[r]` elements, piece r for rank r of `comm`:
+    /// afterwards this rank's piece holds the sum over ranks of that piece (the rest of `t` is
+    /// left unspecified). ZeRO-1's gradient sum: each rank gets what its share of the
+    /// optimizer needs, at half the traffic of an all-reduce. Every rank must call it.
+    fn reduce_scatter_sum(&mut self, t: Tensor, lens: &[usize], comm: &dyn Comm) -> Result<()> {
+        reduce_scatter_on_host(self, t, lens, comm)
+    }
+
+    /// `t` is cut into pieces as for [`Backend::reduce_scatter_sum`], and rank r holds the
+    /// values of piece r: afterwards every rank holds all of them (the weights each rank
+    /// updated, the matrices each rank orthogonalised). Every rank must call it.
+    fn all_gather_pieces(&mut self, t: Tensor, lens: &[usize], comm: &dyn Comm) -> Result<()> {
+        all_gather_on_host(self, t, lens, comm)
     }
 
     fn sum(&mut self, t: Tensor) -> Result<f64>;

@@ -37,20 +37,6 @@ pub trait Comm: Sync {
         Ok(())
     }
 
-    /// `out` (`data.len() / size` values) becomes chunk `rank` of the element-wise sum over
-    /// ranks of `data`.
-    fn reduce_scatter_sum(&self, data: &[f32], out: &mut [f32]) -> Result<()> {
-        ensure!(
-            data.len() == out.len() * self.size(),
-            "reduce-scatter of {} values into {} chunks of {}",
-            data.len(),
-            self.size(),
-            out.len()
-        );
-        let start = self.rank() * out.len();
-        self.exchange(data, &mut |slots| sum_in_rank_order(slots, start, out))
-    }
-
     /// `out` (`size · chunk.len()` values) becomes every rank's `chunk`, in rank order.
     fn all_gather(&self, chunk: &[f32], out: &mut [f32]) -> Result<()> {
         ensure!(
@@ -103,24 +89,60 @@ pub trait Comm: Sync {
             .collect())
     }
 
+    /// This rank's piece of the element-wise sum over ranks of `data`, which is cut into
+    /// consecutive pieces of `lens[r]` values, piece r for rank r (a reduce-scatter with
+    /// pieces of any length).
+    fn reduce_scatter_pieces(&self, data: &[f32], lens: &[usize]) -> Result<Vec<f32>> {
+        ensure!(
+            lens.len() == self.size() && lens.iter().sum::<usize>() == data.len(),
+            "a reduce-scatter of {} values into pieces of {lens:?} over {} ranks",
+            data.len(),
+            self.size()
+        );
+        let start = lens[..self.rank()].iter().sum();
+        let mut piece = vec![0.0; lens[self.rank()]];
+        self.exchange(data, &mut |slots| {
+            sum_in_rank_order(slots, start, &mut piece)
+        })?;
+        Ok(piece)
+    }
+
+    /// The sum over ranks of every rank's `value`, in f64 and in rank order (the same bits on
+    /// every rank).
+    fn sum_f64(&self, value: f64) -> Result<f64> {
+        let mut sum = 0.0;
+        self.exchange(&f64_to_slots(value), &mut |slots| {
+            sum = slots.iter().map(|s| slots_to_f64([s[0], s[1]])).sum();
+        })?;
+        Ok(sum)
+    }
+
     /// Rank `root`'s `value` on every rank, bit for bit (the decisions all ranks must agree on:
     /// a validation loss against the target, a stop request).
     fn broadcast_f64(&self, value: f64, root: usize) -> Result<f64> {
-        // Two f32 slots carry the f64's bits; copies move bits unchanged, NaNs included.
-        let bits = value.to_bits();
-        let mut halves = [
-            f32::from_bits((bits >> 32) as u32),
-            f32::from_bits(bits as u32),
-        ];
-        self.broadcast(&mut halves, root)?;
-        let [high, low] = halves.map(|h| u64::from(h.to_bits()));
-        Ok(f64::from_bits(high << 32 | low))
+        let mut slots = f64_to_slots(value);
+        self.broadcast(&mut slots, root)?;
+        Ok(slots_to_f64(slots))
     }
 
     /// Whether this is rank 0, which alone logs, checkpoints and writes the record.
     fn is_lead(&self) -> bool {
         self.rank() == 0
     }
+}
+
+/// An f64's bits in two f32 slots, which collectives copy unchanged (NaNs included).
+fn f64_to_slots(value: f64) -> [f32; 2] {
+    let bits = value.to_bits();
+    [
+        f32::from_bits((bits >> 32) as u32),
+        f32::from_bits(bits as u32),
+    ]
+}
+
+fn slots_to_f64(slots: [f32; 2]) -> f64 {
+    let [high, low] = slots.map(|h| u64::from(h.to_bits()));
+    f64::from_bits(high << 32 | low)
 }
 
 /// What a collective returns on the ranks that did not fail when another one did.
@@ -281,24 +303,29 @@ mod tests {
             let out = on_ranks(4, |c| {
                 let mut sum = data(c.rank()).to_vec();
                 c.all_reduce_sum(&mut sum).unwrap();
-                let mut chunk = [0.0; 1];
-                c.reduce_scatter_sum(&data(c.rank()), &mut chunk).unwrap();
+                // Pieces of 0, 1, 2 and 1 values.
+                let piece = c
+                    .reduce_scatter_pieces(&data(c.rank()), &[0, 1, 2, 1])
+                    .unwrap();
                 let mut gathered = [0.0; 4];
                 c.all_gather(&[c.rank() as f32], &mut gathered).unwrap();
                 let mut b = data(c.rank()).to_vec();
                 c.broadcast(&mut b, 2).unwrap();
                 let x = c.broadcast_f64(1.0 / (3.0 + c.rank() as f64), 1).unwrap();
                 assert_eq!(x, 0.25);
+                let total = c.sum_f64(1.0 / (3.0 + c.rank() as f64)).unwrap();
+                assert!((total - 57.0 / 60.0).abs() < 1e-15, "{total}");
                 // Rank r's piece is r copies of r: pieces of 0 to 3 values, one empty.
-                let piece = vec![c.rank() as f32; c.rank()];
-                let pieces = c.gather_pieces(&piece, &[0, 1, 2, 3]).unwrap();
+                let mine = vec![c.rank() as f32; c.rank()];
+                let pieces = c.gather_pieces(&mine, &[0, 1, 2, 3]).unwrap();
                 assert_eq!(pieces, [1.0, 2.0, 2.0, 3.0, 3.0, 3.0]);
-                (sum, chunk[0], gathered, b)
+                (sum, piece, gathered, b)
             });
-            for (r, (sum, chunk, gathered, b)) in out.iter().enumerate() {
+            let starts = [0, 0, 1, 3, 4];
+            for (r, (sum, piece, gathered, b)) in out.iter().enumerate() {
                 // Σ_r (r·x + 1) = 6x + 4.
                 assert_eq!(sum, &[10.0, 64.0, 604.0, 6004.0]);
-                assert_eq!(*chunk, sum[r]);
+                assert_eq!(piece[..], sum[starts[r]..starts[r + 1]]);
                 assert_eq!(gathered, &[0.0, 1.0, 2.0, 3.0]);
                 assert_eq!(b, &data(2).to_vec());
             }
@@ -333,8 +360,8 @@ mod tests {
         for x in [1.0 / 3.0, -0.0, f64::INFINITY, 1e-310] {
             assert_eq!(c.broadcast_f64(x, 0).unwrap().to_bits(), x.to_bits());
         }
-        let mut out = [0.0; 3];
-        c.reduce_scatter_sum(&[1.0, 2.0, 3.0], &mut out).unwrap();
+        let out = c.reduce_scatter_pieces(&[1.0, 2.0, 3.0], &[3]).unwrap();
         assert_eq!(out, [1.0, 2.0, 3.0]);
+        assert_eq!(c.sum_f64(1.0 / 3.0).unwrap(), 1.0 / 3.0);
     }
 }

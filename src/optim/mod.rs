@@ -19,7 +19,7 @@ mod soap;
 
 use std::ops::Range;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ElementwiseRule, Tensor};
@@ -296,7 +296,7 @@ pub(super) fn check(
     range: impl std::ops::RangeBounds<f32>,
     expected: &str,
 ) -> Result<()> {
-    anyhow::ensure!(
+    ensure!(
         value.is_finite() && range.contains(&value),
         "{name} must be {expected}, not {value}"
     );
@@ -353,12 +353,12 @@ impl MuonConfig {
             0.0..,
             NON_NEGATIVE,
         )?;
-        anyhow::ensure!(
+        ensure!(
             self.ns_steps > 0,
             "Muon needs at least one Newton–Schulz step"
         );
         if let Some(most) = self.ns_coefficients.max_steps() {
-            anyhow::ensure!(
+            ensure!(
                 self.ns_steps <= most,
                 "the Polar Express schedule defines {most} Newton–Schulz steps, not {}",
                 self.ns_steps
@@ -544,16 +544,18 @@ pub fn shard_of(len: usize, rank: usize, ranks: usize) -> Range<usize> {
     (rank * chunk).min(len)..((rank + 1) * chunk).min(len)
 }
 
-/// After a sharded optimizer step ([`Optimizer::sharded`]) every rank has updated its share
-/// of the flat parameter buffer `params` (and the matrices every rank updates alike): each
-/// takes the others' shares.
-pub fn exchange_params(backend: &mut dyn Backend, params: Tensor, comm: &dyn Comm) -> Result<()> {
-    let lens: Vec<usize> = (0..comm.size())
-        .map(|r| shard_of(params.len, r, comm.size()).len())
-        .collect();
-    let mine = shard_of(params.len, comm.rank(), comm.size());
-    let mine = backend.read(params.slice(mine.start, mine.len()))?;
-    backend.write(params, &comm.gather_pieces(&mine, &lens)?)
+/// Each rank's part of the flat range `span` of a buffer of `len` values, relative to the
+/// span's start: its intersection with the rank's share ([`shard_of`]). In rank order the
+/// parts are consecutive and cover the span.
+fn shares_of(span: Range<usize>, len: usize, ranks: usize) -> Vec<Range<usize>> {
+    (0..ranks)
+        .map(|r| intersect(&span, &shard_of(len, r, ranks)))
+        .map(|p| p.start - span.start..p.end - span.start)
+        .collect()
+}
+
+fn lens(parts: &[Range<usize>]) -> Vec<usize> {
+    parts.iter().map(Range::len).collect()
 }
 
 /// `a ∩ b`; an empty intersection is an empty range within `a`.
@@ -584,6 +586,8 @@ struct GroupSlot {
     rule: Option<Box<dyn GroupOptimizer>>,
     /// Each rank's part of the group, relative to its start (one range: not sharded).
     pieces: Vec<Range<usize>>,
+    /// Each rank's share of the group's gradients after their reduce-scatter.
+    shares: Vec<Range<usize>>,
     /// The names of the rule's state tensors.
     state_names: Vec<&'static str>,
     description: String,
@@ -593,6 +597,7 @@ struct GroupSlot {
 pub struct Optimizer {
     groups: Vec<GroupSlot>,
     rank: usize,
+    ranks: usize,
 }
 
 impl Optimizer {
@@ -616,6 +621,12 @@ impl Optimizer {
         for (range, specs) in group_ranges(&model.specs, model.param_buffer, model.grad_buffer) {
             let group = range.group;
             let whole = std::iter::once(0..range.param.len).collect::<Vec<_>>();
+            let start = range.param.offset - model.param_buffer.offset;
+            let shares = shares_of(
+                start..start + range.param.len,
+                model.param_buffer.len,
+                ranks,
+            );
             let (rule, pieces): (Box<dyn GroupOptimizer>, _) = match config.rule(group) {
                 rule if rule.matrices_only() && group != Group::Matrix => {
                     bail!("{} cannot update the {} group", rule.kind(), group.name())
@@ -637,13 +648,7 @@ impl Optimizer {
                     whole,
                 ),
                 rule if ranks > 1 => {
-                    // Each rank's part of the group, relative to the group's start.
-                    let start = range.param.offset - model.param_buffer.offset;
-                    let span = start..start + range.param.len;
-                    let pieces: Vec<Range<usize>> = (0..ranks)
-                        .map(|r| intersect(&span, &shard_of(model.param_buffer.len, r, ranks)))
-                        .map(|p| p.start - start..p.end - start)
-                        .collect();
+                    let pieces = shares.clone();
                     let mine = pieces[rank].clone();
                     let part = GroupRange {
                         group,
@@ -661,6 +666,7 @@ impl Optimizer {
                         range,
                         rule,
                         pieces,
+                        shares,
                         state_names,
                     });
                     continue;
@@ -676,9 +682,50 @@ impl Optimizer {
                 range,
                 rule: Some(rule),
                 pieces,
+                shares,
             });
         }
-        Ok(Optimizer { groups, rank })
+        Ok(Optimizer {
+            groups,
+            rank,
+            ranks,
+        })
+    }
+
+    /// Sums the ranks' gradients (ZeRO-1): a reduce-scatter leaves each rank the sum of its
+    /// share ([`shard_of`]) of the flat gradient buffer, which is all its share of the
+    /// element-wise groups needs; the groups every rank updates whole (Muon, Shampoo, SOAP,
+    /// Schedule-Free) then gather their shares. Every rank must call it.
+    pub fn sum_gradients(
+        &self,
+        backend: &mut dyn Backend,
+        grads: Tensor,
+        comm: &dyn Comm,
+    ) -> Result<()> {
+        ensure!(
+            comm.size() == self.ranks,
+            "an optimizer for {} ranks in a run of {}",
+            self.ranks,
+            comm.size()
+        );
+        if self.ranks == 1 {
+            return Ok(());
+        }
+        let shares = shares_of(0..grads.len, grads.len, self.ranks);
+        backend.reduce_scatter_sum(grads, &lens(&shares), comm)?;
+        for slot in self.groups.iter().filter(|slot| slot.pieces.len() == 1) {
+            backend.all_gather_pieces(slot.range.grad, &lens(&slot.shares), comm)?;
+        }
+        Ok(())
+    }
+
+    /// After a step, in which each rank updated its share of the element-wise groups'
+    /// weights, every rank gathers the others' shares.
+    pub fn gather_params(&self, backend: &mut dyn Backend, comm: &dyn Comm) -> Result<()> {
+        for slot in self.groups.iter().filter(|slot| slot.pieces.len() > 1) {
+            backend.all_gather_pieces(slot.range.param, &lens(&slot.pieces), comm)?;
+        }
+        Ok(())
     }
 
     fn rules(&mut self) -> impl Iterator<Item = &mut Box<dyn GroupOptimizer>> {

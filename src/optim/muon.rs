@@ -282,8 +282,7 @@ impl GroupOptimizer for Muon {
                 let lens: Vec<usize> = (0..comm.size())
                     .map(|r| shard_of(set.count, r, comm.size()).len() * size)
                     .collect();
-                let mine = backend.read(update.slice(mine.start * size, mine.len() * size))?;
-                backend.write(update, &comm.gather_pieces(&mine, &lens)?)?;
+                backend.all_gather_pieces(update, &lens, comm)?;
             }
             // Tall matrices get larger steps, so that the update's RMS stays comparable.
             let shape_scale = (rows as f32 / cols as f32).max(1.0).sqrt();

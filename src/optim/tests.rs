@@ -700,9 +700,10 @@ fn shards_split_the_buffer_into_equal_consecutive_chunks() {
 
 #[test]
 fn every_rule_steps_alike_on_three_ranks_and_on_one() {
-    // Same weights and gradients everywhere: the ranks' sharded steps (ZeRO-1 for the
-    // element-wise rules, shared-out Newton–Schulz for Muon) followed by the exchange of
-    // parameter shares give the one-rank step's parameters bit for bit.
+    // The gradients' reduce-scatter (and gather, for the rules that update whole matrices),
+    // the ranks' sharded steps (ZeRO-1 for the element-wise rules, shared-out Newton–Schulz
+    // for Muon) and the gather of parameter shares give the one-rank step's parameters bit
+    // for bit.
     let config = tiny_speedrun();
     for optim_config in every_rule() {
         let name = optim_config.matrix.describe();
@@ -716,12 +717,18 @@ fn every_rule_steps_alike_on_three_ranks_and_on_one() {
                 .unwrap();
             optimizer.start(&mut b).unwrap();
             for step in 0..3 {
-                let grads = random(model.num_params(), 20 + step as u64);
-                b.write(model.grad_buffer, &grads).unwrap();
-                optimizer.step_on(&mut b, step, 0.5, comm).unwrap();
-                if ranks > 1 {
-                    super::exchange_params(&mut b, model.param_buffer, comm).unwrap();
+                // Rank 0 holds the gradients, the others zeros: their sum in rank order is
+                // the one rank's gradients, bit for bit.
+                let mut grads = random(model.num_params(), 20 + step as u64);
+                if rank > 0 {
+                    grads.fill(0.0);
                 }
+                b.write(model.grad_buffer, &grads).unwrap();
+                optimizer
+                    .sum_gradients(&mut b, model.grad_buffer, comm)
+                    .unwrap();
+                optimizer.step_on(&mut b, step, 0.5, comm).unwrap();
+                optimizer.gather_params(&mut b, comm).unwrap();
             }
             b.read(model.param_buffer).unwrap()
         };

@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::data::{TrainLoader, ValData};
 use crate::dist::{Comm, RankFailed, SingleRank, ThreadComm};
 use crate::model::{Gpt, ModelConfig, Pass};
-use crate::optim::{OptimConfig, Optimizer, exchange_params};
+use crate::optim::{OptimConfig, Optimizer, shard_of};
 use crate::progress::Progress;
 use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
@@ -180,15 +180,8 @@ pub fn compute_gradients(
         loss += model.forward(backend, inputs, targets, Pass::Train { loss_scale })?;
         model.backward(backend)?;
     }
-    if comm.size() > 1 {
-        // The gradients where the backend keeps them (on a GPU with NCCL: on the device), the
-        // loss through the host.
-        backend.all_reduce_sum(model.grad_buffer, comm)?;
-        let mut sum = [loss as f32];
-        comm.all_reduce_sum(&mut sum)?;
-        loss = f64::from(sum[0]);
-    }
-    Ok(loss / grad_accum as f64)
+    // The ranks' gradients are summed by the optimizer ([`Optimizer::sum_gradients`]).
+    Ok(comm.sum_f64(loss)? / grad_accum as f64)
 }
 
 /// Mean loss over the validation tokens (not finite if training diverged).
@@ -526,17 +519,20 @@ fn train_rank(
             (&mut inputs, &mut targets),
             comm,
         )?;
+        optimizer.sum_gradients(backend, model.grad_buffer, comm)?;
         if config.grad_clip > 0.0 {
-            let norm = backend.sum_squares(model.grad_buffer)?.sqrt();
+            // Each rank's share holds summed gradients (the rest may hold its own).
+            let grads = model.grad_buffer;
+            let share = shard_of(grads.len, comm.rank(), comm.size());
+            let share = grads.slice(share.start, share.len());
+            let norm = comm.sum_f64(backend.sum_squares(share)?)?.sqrt();
             if norm > config.grad_clip as f64 {
-                backend.scale(model.grad_buffer, (config.grad_clip as f64 / norm) as f32)?;
+                backend.scale(grads, (config.grad_clip as f64 / norm) as f32)?;
             }
         }
         let lr_scale = config.schedule.lr_scale(step, config.max_steps);
         optimizer.step_on(backend, step, lr_scale, comm)?;
-        if comm.size() > 1 {
-            exchange_params(backend, model.param_buffer, comm)?;
-        }
+        optimizer.gather_params(backend, comm)?;
         backend.synchronize()?;
         let seconds = started.elapsed().as_secs_f64();
         if !loss.is_finite() {
