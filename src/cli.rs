@@ -20,6 +20,7 @@ use crate::bench::BenchConfig;
 use crate::data::ValData;
 use crate::data::tokenizer::{self, END_OF_TEXT, GPT2_VOCAB};
 use crate::data::{self, SynthConfig, fineweb, prepare, write_synth_dataset};
+use crate::dist::Comm;
 use crate::dist::tcp::{NodeSpec, TcpComm};
 use crate::grok::GrokConfig;
 use crate::memory::MemoryReport;
@@ -200,8 +201,15 @@ struct TrainArgs {
     /// order of floating-point sums.
     #[arg(long, default_value_t = 1, help_heading = "Run")]
     ranks: usize,
+    /// GPUs of this machine to train on, data-parallel: one rank (a thread of this process)
+    /// per GPU, gradients reduce-scattered and weights gathered by NCCL; the batch stays
+    /// --batch-tokens, which must hold a multiple of --gpus micro-batches [default: every
+    /// visible GPU; CUDA_VISIBLE_DEVICES chooses them]. With --nodes each process drives one
+    /// GPU ($LOCAL_RANK): leave it out.
+    #[arg(long, help_heading = "Run")]
+    gpus: Option<usize>,
     /// Processes, on one machine or several, that train one model together, one rank each
-    /// (on the CPU), meeting at --rendezvous; start every node with the same binary and flags
+    /// (with --device cuda: GPU $LOCAL_RANK, joined by NCCL), meeting at --rendezvous; start every node with the same binary and flags
     /// but --node-rank [default: $WORLD_SIZE (torchrun) or $SLURM_NTASKS (srun), else 1].
     #[arg(long, help_heading = "Run")]
     nodes: Option<usize>,
@@ -1032,14 +1040,27 @@ impl TrainArgs {
     /// Trains `config` on this device with these ranks, or as one of several nodes; returns
     /// the record (None on nodes other than 0).
     fn train(&self, config: &TrainConfig, options: &RunOptions) -> Result<Option<Record>> {
+        ensure!(
+            self.gpus.is_none() || self.ranks == 1,
+            "--ranks runs ranks as CPU threads and --gpus one rank per GPU: give one of them"
+        );
         let device = choose_device(self.device, self.optimizer, self.ranks)?;
         let Some(spec) = self.node_spec()? else {
-            return train_ranks(config, options, self.ranks, &move || new_backend(device))
+            let gpus = self.gpus_to_use(device)?;
+            if gpus > 1 {
+                return train_ranks(config, options, gpus, &open_rank_gpu).map(Some);
+            }
+            return train_ranks(config, options, self.ranks, &move |_| new_backend(device))
                 .map(Some);
         };
         ensure!(
             self.ranks == 1,
             "with --nodes every node is one rank: leave out --ranks"
+        );
+        ensure!(
+            self.gpus.is_none_or(|gpus| gpus == 1),
+            "with --nodes every process drives one GPU ($LOCAL_RANK or $SLURM_LOCALID): start \
+             one process per GPU and leave out --gpus"
         );
         info!(
             "node {} of {}: meeting the others at {}",
@@ -1065,6 +1086,30 @@ impl TrainArgs {
             (_, None) => Box::new(CpuBackend::<f32>::new()),
         };
         train_on(backend.as_mut(), config, options, &comm)
+    }
+
+    /// How many GPUs this process trains on: --gpus, else every visible one (1 where it
+    /// trains on one GPU or on the CPU).
+    fn gpus_to_use(&self, device: Device) -> Result<usize> {
+        let visible = || crate::backend::cuda::visible_gpus();
+        Ok(match (device, self.gpus) {
+            (Device::Cpu, None) => 1,
+            (Device::Cpu, Some(_)) => {
+                bail!("--gpus needs a GPU: it cannot go with --device cpu (CPU ranks are --ranks)")
+            }
+            (_, Some(0)) => bail!("--gpus must be positive"),
+            (_, Some(gpus)) => {
+                let visible = visible();
+                ensure!(
+                    gpus <= visible,
+                    "--gpus {gpus}: this machine shows {visible} GPU(s) to this process"
+                );
+                gpus
+            }
+            // With several GPUs, --device auto takes them where the first one opens.
+            (Device::Auto, None) if Gpu::open(0).is_err() => 1,
+            (_, None) => visible().max(1),
+        })
     }
 
     fn run(&self) -> Result<()> {
@@ -1160,8 +1205,8 @@ fn choose_device(device: Device, optimizer: OptimizerKind, ranks: usize) -> Resu
     let needs_solver = matches!(optimizer, OptimizerKind::Shampoo | OptimizerKind::Soap);
     let unsupported = if ranks > 1 {
         Some(format!(
-            "--ranks {ranks} runs its ranks as threads sharing one device; on GPUs that needs \
-             NCCL, which is not built yet"
+            "--ranks {ranks} runs its ranks as threads sharing one device; on GPUs give --gpus \
+             instead (one rank per GPU)"
         ))
     } else if needs_solver && device != Device::Cpu && !crate::backend::cuda::solver::present() {
         Some(format!(
@@ -1205,6 +1250,28 @@ fn local_gpu() -> usize {
         .unwrap_or(0)
 }
 
+/// The backend of rank `comm.rank()` of a run on several GPUs of this machine: GPU `rank`,
+/// joined to the others by NCCL.
+fn open_rank_gpu(comm: &dyn Comm) -> Result<Box<dyn Backend>> {
+    let gpu = Gpu::open(comm.rank())?;
+    let mut cuda = start_cuda(gpu, comm.is_lead())?;
+    cuda.use_nccl(comm)?;
+    Ok(Box::new(cuda))
+}
+
+/// The CUDA backend on `gpu`; `warn`: say that it is unverified.
+fn start_cuda(gpu: Gpu, warn: bool) -> Result<CudaBackend<bf16>> {
+    let backend = CudaBackend::<bf16>::on(gpu)
+        .context("cannot start the CUDA backend (--device cpu trains on the CPU instead)")?;
+    if warn {
+        warn!(
+            "the CUDA backend has not yet been verified on a GPU: run `speedrun check --device \
+             cuda` on this machine before trusting its numbers"
+        );
+    }
+    Ok(backend)
+}
+
 /// The CUDA backend where `device` asks for a GPU (None: the CPU).
 fn open_cuda(device: Device) -> Result<Option<CudaBackend<bf16>>> {
     let gpu = match device {
@@ -1217,13 +1284,7 @@ fn open_cuda(device: Device) -> Result<Option<CudaBackend<bf16>>> {
     let Some(gpu) = gpu else {
         return Ok(None);
     };
-    let backend = CudaBackend::<bf16>::on(gpu)
-        .context("cannot start the CUDA backend (--device cpu trains on the CPU instead)")?;
-    warn!(
-        "the CUDA backend has not yet been verified on a GPU: run `speedrun check --device cuda` \
-         on this machine before trusting its numbers"
-    );
-    Ok(Some(backend))
+    start_cuda(gpu, true).map(Some)
 }
 
 fn compile_kernels(args: &KernelsArgs) -> Result<()> {

@@ -591,6 +591,31 @@ fn ranks_must_share_the_micro_batches_equally() {
 }
 
 #[test]
+fn gpu_ranks_are_refused_where_they_cannot_run() {
+    let ws = Workspace::new();
+    let with = |extra: &[&'static str]| {
+        let mut args = TINY.to_vec();
+        args.extend(extra);
+        fail(ws.path(), &args)
+    };
+    let err = with(&["--gpus", "2", "--ranks", "2"]);
+    assert!(err.contains("give one of them"), "{err}");
+    // TINY trains on the CPU.
+    let err = with(&["--gpus", "2"]);
+    assert!(err.contains("--gpus needs a GPU"), "{err}");
+    let nodes = [
+        "--nodes",
+        "2",
+        "--node-rank",
+        "0",
+        "--rendezvous",
+        "127.0.0.1:1",
+    ];
+    let err = with(&[&["--gpus", "2"][..], &nodes].concat());
+    assert!(err.contains("start one process per GPU"), "{err}");
+}
+
+#[test]
 fn resume_refuses_other_settings_and_finished_runs() {
     let ws = Workspace::new();
     ws.train(&["--max-steps", "4", "--checkpoint-every", "2", "--no-record"]);

@@ -20,17 +20,6 @@ use anyhow::Result;
 
 use crate::dist::Comm;
 
-/// [`Backend::all_reduce_sum`] through the host: read, sum over the ranks, write back.
-pub fn all_reduce_on_host<B: Backend + ?Sized>(
-    backend: &mut B,
-    t: Tensor,
-    comm: &dyn Comm,
-) -> Result<()> {
-    let mut values = backend.read(t)?;
-    comm.all_reduce_sum(&mut values)?;
-    backend.write(t, &values)
-}
-
 /// [`Backend::all_gather_pieces`] through the host.
 pub fn all_gather_on_host<B: Backend + ?Sized>(
     backend: &mut B,
@@ -589,13 +578,6 @@ pub trait Backend {
     ) -> Result<()>;
 
     // ---- reductions and elementwise helpers ----
-
-    /// `t ← Σ_ranks t` on every rank of `comm` (data parallelism's gradient sum). Through the
-    /// host by default; a backend with a device transport (the CUDA backend with NCCL) sums
-    /// on the device. Every rank must call it.
-    fn all_reduce_sum(&mut self, t: Tensor, comm: &dyn Comm) -> Result<()> {
-        all_reduce_on_host(self, t, comm)
-    }
 
     /// `t` is cut into consecutive pieces of `lens[r]` elements, piece r for rank r of `comm`:
     /// afterwards this rank's piece holds the sum over ranks of that piece (the rest of `t` is

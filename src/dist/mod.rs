@@ -2,8 +2,9 @@
 //! (all-reduce, reduce-scatter, all-gather, broadcast) behind one interface. [`ThreadComm`]
 //! implements it for ranks that are threads of one process (`--device cpu --ranks N`),
 //! [`tcp::TcpComm`] for ranks that are processes, on one machine or several (`--nodes N`). On
-//! GPUs the gradients' sum goes through NCCL on the devices instead
-//! (`crate::backend::Backend::all_reduce_sum`, `crate::backend::cuda::nccl`), set up over these.
+//! GPUs the gradients and weights go through NCCL on the devices instead
+//! (`crate::backend::Backend::reduce_scatter_sum`, `crate::backend::cuda::nccl`), set up over
+//! these.
 //!
 //! Sums add the ranks' values in rank order on every rank, so every rank gets bit-identical
 //! results and replicas never drift apart.

@@ -284,19 +284,23 @@ pub fn train(
     train_rank(backend, config, options, &SingleRank)?.context("the only rank returned no record")
 }
 
+/// Makes a rank's backend, given the rank's communicator.
+pub type NewBackend = dyn Fn(&dyn Comm) -> Result<Box<dyn Backend>> + Sync;
+
 /// Trains as `config` says on `ranks` data-parallel ranks, threads of this process, each with
-/// a backend of its own from `new_backend` and a disjoint share of every step's micro-batches;
+/// a backend of its own from `new_backend` (given the rank's communicator: a GPU rank takes
+/// its GPU and joins NCCL over it) and a disjoint share of every step's micro-batches;
 /// returns the run's record (rank 0's). The result equals one rank's up to the order of
 /// floating-point sums. A rank that fails ends every rank's run.
 pub fn train_ranks(
     config: &TrainConfig,
     options: &RunOptions,
     ranks: usize,
-    new_backend: &(dyn Fn() -> Result<Box<dyn Backend>> + Sync),
+    new_backend: &NewBackend,
 ) -> Result<Record> {
     ensure!(ranks > 0, "--ranks must be positive");
     if ranks == 1 {
-        return train(new_backend()?.as_mut(), config, options);
+        return train(new_backend(&SingleRank)?.as_mut(), config, options);
     }
     let comms = ThreadComm::group(ranks);
     let results: Vec<Result<Option<Record>>> = std::thread::scope(|scope| {
@@ -304,7 +308,7 @@ pub fn train_ranks(
             .map(|comm| {
                 scope.spawn(move || {
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        train_rank(new_backend()?.as_mut(), config, options, comm)
+                        train_rank(new_backend(comm)?.as_mut(), config, options, comm)
                     }))
                     .unwrap_or_else(|_| Err(anyhow!("rank {} panicked", comm.rank())));
                     if result.is_err() {

@@ -31,7 +31,7 @@ use super::solver::Solver;
 use super::view::{self, View, ViewOf};
 use crate::backend::{
     AttentionShape, Backend, BlockLayout, BufferKind, ElementwiseRule, Gemm, Tensor, TokenTensor,
-    all_reduce_on_host,
+    all_gather_on_host, reduce_scatter_on_host,
 };
 use crate::dist::Comm;
 
@@ -78,7 +78,7 @@ pub struct CudaBackend<A: MatmulElement> {
     /// the bytes of its work space counted in `allocated`.
     solver: Option<Solver>,
     solver_bytes: u64,
-    /// The gradients' all-reduce on the device, once [`CudaBackend::use_nccl`] set it up.
+    /// The gradients' and weights' collectives on the device, once [`CudaBackend::use_nccl`] set it up.
     nccl: Option<Nccl>,
     /// Bytes allocated through this backend, and the most at any time.
     allocated: u64,
@@ -258,8 +258,25 @@ impl<A: MatmulElement> CudaBackend<A> {
     /// Sums over `host`'s ranks go through NCCL on the device from now on (collective: every
     /// rank calls it, each on its own GPU).
     pub fn use_nccl(&mut self, host: &dyn Comm) -> Result<()> {
+        // NCCL joins on the thread's current device: this backend's, where one process drives
+        // several GPUs from several threads.
+        (self.gpu.ctx.bind_to_thread()).context("making the GPU current for NCCL")?;
         self.nccl = Some(Nccl::new(host)?);
         Ok(())
+    }
+
+    /// The NCCL communicator for a collective over `comm`'s ranks (None: through the host).
+    fn nccl_for(&self, comm: &dyn Comm) -> Result<Option<&Nccl>> {
+        let Some(nccl) = &self.nccl else {
+            return Ok(None);
+        };
+        ensure!(
+            nccl.size() == comm.size(),
+            "NCCL was set up for {} ranks, the run has {}",
+            nccl.size(),
+            comm.size()
+        );
+        Ok(Some(nccl))
     }
 
     /// The cuSOLVER handle, opened on first use: a backend that never needs it works without
@@ -776,21 +793,22 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         )
     }
 
-    fn all_reduce_sum(&mut self, t: Tensor, comm: &dyn Comm) -> Result<()> {
-        match &self.nccl {
-            Some(nccl) => {
-                ensure!(
-                    nccl.size() == comm.size(),
-                    "NCCL was set up for {} ranks, the run has {}",
-                    nccl.size(),
-                    comm.size()
-                );
-                nccl.all_reduce_sum(self.f32(t)?, &self.gpu.stream)?;
-                self.wrote(t);
-                Ok(())
-            }
-            None => all_reduce_on_host(self, t, comm),
+    fn reduce_scatter_sum(&mut self, t: Tensor, lens: &[usize], comm: &dyn Comm) -> Result<()> {
+        match self.nccl_for(comm)? {
+            Some(nccl) => nccl.reduce_scatter_sum(self.f32(t)?, lens, &self.gpu.stream)?,
+            None => return reduce_scatter_on_host(self, t, lens, comm),
         }
+        self.wrote(t);
+        Ok(())
+    }
+
+    fn all_gather_pieces(&mut self, t: Tensor, lens: &[usize], comm: &dyn Comm) -> Result<()> {
+        match self.nccl_for(comm)? {
+            Some(nccl) => nccl.all_gather_pieces(self.f32(t)?, lens, &self.gpu.stream)?,
+            None => return all_gather_on_host(self, t, lens, comm),
+        }
+        self.wrote(t);
+        Ok(())
     }
 
     fn sum(&mut self, t: Tensor) -> Result<f64> {

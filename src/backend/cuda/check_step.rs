@@ -158,9 +158,10 @@ impl Check<'_> {
 }
 
 impl Check<'_> {
-    /// NCCL's all-reduce over one rank, as data-parallel training calls it on the gradients: it
-    /// must run and leave them exactly as they were (a sum over one rank), so that a run with
-    /// NCCL gives the losses of one without.
+    /// NCCL's grouped reduce-scatter and all-gather over one rank, as data-parallel training
+    /// calls them on the gradients and weights: they must run and leave the values exactly as
+    /// they were (a sum over one rank), so that a run with NCCL gives the losses of one
+    /// without.
     pub(super) fn nccl_one_rank(&mut self, ordinal: usize) -> Result<()> {
         if !crate::backend::cuda::nccl::present() {
             // Only multi-process GPU runs need it; its absence is no fault of the backend.
@@ -172,14 +173,19 @@ impl Check<'_> {
         let grads = gpu.alloc(values.len(), BufferKind::Gradients)?;
         gpu.write(grads, &values)?;
         gpu.use_nccl(&SingleRank)?;
-        gpu.all_reduce_sum(grads, &SingleRank)?;
+        let lens = [values.len()];
+        gpu.reduce_scatter_sum(grads, &lens, &SingleRank)?;
         let summed = gpu.read(grads)?;
-        self.comparisons.push(Comparison {
-            kernel: "NCCL all-reduce, one rank".into(),
-            tensor: "gradients",
-            dtype: "f32",
-            error: relative_error(&summed, &values),
-        });
+        gpu.all_gather_pieces(grads, &lens, &SingleRank)?;
+        let gathered = gpu.read(grads)?;
+        for (kernel, result) in [("reduce-scatter", summed), ("all-gather", gathered)] {
+            self.comparisons.push(Comparison {
+                kernel: format!("NCCL {kernel}, one rank"),
+                tensor: "gradients",
+                dtype: "f32",
+                error: relative_error(&result, &values),
+            });
+        }
         Ok(())
     }
 }

@@ -76,6 +76,15 @@ pub fn driver_present() -> bool {
     unsafe { sys::is_culib_present() }
 }
 
+/// How many GPUs the driver shows this process (0 without a driver or a device);
+/// `CUDA_VISIBLE_DEVICES` chooses which.
+pub fn visible_gpus() -> usize {
+    if !driver_present() || cudarc::driver::result::init().is_err() {
+        return 0;
+    }
+    CudaContext::device_count().map_or(0, |n| usize::try_from(n).unwrap_or(0))
+}
+
 /// An opened GPU: its context, the stream everything is queued on, and what NVRTC compiles
 /// for it.
 pub struct Gpu {

@@ -1,11 +1,13 @@
-//! NCCL between the GPUs of a data-parallel run: the gradients' all-reduce on the device,
-//! instead of through the host as [`crate::dist::Comm`] does.
+//! NCCL between the GPUs of a data-parallel run: ZeRO-1's reduce-scatter of the gradients and
+//! all-gather of the weights on the devices, instead of through the host as
+//! [`crate::dist::Comm`] does.
 //!
 //! The communicator is set up over the run's host [`Comm`] (threads, or processes over TCP):
-//! rank 0 asks NCCL for a unique id and broadcasts its 128 bytes, then every rank joins. NCCL's
-//! all-reduce gives every rank the same bits (each chunk is reduced once and then copied), so
-//! replicas stay identical, as with the host collectives; the order of the additions is NCCL's
-//! ring, not rank order, so results differ from the host path by float rounding.
+//! rank 0 asks NCCL for a unique id and broadcasts its 128 bytes, then every rank joins. Each
+//! piece is summed on one rank (its root) and copied from there, so every rank ends with the
+//! same bits and replicas stay identical, as with the host collectives; the order of the
+//! additions is NCCL's, not rank order, so results differ from the host path by float
+//! rounding.
 //!
 //! libnccl is loaded at run time (cudarc's dynamic loading); without it, an error. Not yet run
 //! on a GPU.
@@ -100,24 +102,89 @@ impl Nccl {
         self.size
     }
 
-    /// `x ← Σ_ranks x`, in place, queued on `stream`.
-    pub fn all_reduce_sum(&self, x: View<f32>, stream: &CudaStream) -> Result<()> {
+    /// On rank r, piece r of `x` (consecutive pieces of `lens`) becomes the sum over ranks of
+    /// that piece; the rest of `x` is left as it was. One reduce per rank with that rank as
+    /// root, in one NCCL group (NCCL's reduce-scatter wants equal pieces).
+    pub fn reduce_scatter_sum(
+        &self,
+        x: View<f32>,
+        lens: &[usize],
+        stream: &CudaStream,
+    ) -> Result<()> {
+        self.grouped("NCCL reduce-scatter", x, lens, |piece, root| {
+            // SAFETY: `piece` lies in a live allocation on this rank's GPU; in place (send =
+            // receive) is allowed, and only the root's receive buffer is written.
+            unsafe {
+                result::reduce(
+                    piece.address() as *const _,
+                    piece.address() as *mut _,
+                    piece.len(),
+                    sys::ncclDataType_t::ncclFloat32,
+                    sys::ncclRedOp_t::ncclSum,
+                    root,
+                    self.comm,
+                    stream.cu_stream() as sys::cudaStream_t,
+                )
+            }
+        })
+    }
+
+    /// Every rank gets every rank's piece of `x` (consecutive pieces of `lens`, rank r's the
+    /// r-th): one broadcast per rank with that rank as root, in one NCCL group (NCCL's
+    /// all-gather wants equal pieces).
+    pub fn all_gather_pieces(
+        &self,
+        x: View<f32>,
+        lens: &[usize],
+        stream: &CudaStream,
+    ) -> Result<()> {
+        self.grouped("NCCL all-gather", x, lens, |piece, root| {
+            // SAFETY: as in `reduce_scatter_sum`; the root sends its piece in place.
+            unsafe {
+                result::broadcast(
+                    piece.address() as *const _,
+                    piece.address() as *mut _,
+                    piece.len(),
+                    sys::ncclDataType_t::ncclFloat32,
+                    root,
+                    self.comm,
+                    stream.cu_stream() as sys::cudaStream_t,
+                )
+            }
+        })
+    }
+
+    /// Issues `op(piece r, r)` for every non-empty piece of `x` between one group start and
+    /// end, so that NCCL runs them as one collective.
+    fn grouped(
+        &self,
+        what: &str,
+        x: View<f32>,
+        lens: &[usize],
+        op: impl Fn(View<f32>, i32) -> Result<result::NcclStatus, result::NcclError>,
+    ) -> Result<()> {
         ensure!(!self.comm.is_null(), "NCCL communicator already closed");
-        // SAFETY: x lies in a live allocation of x.len() floats on this rank's GPU; in place
-        // (send = receive) is allowed by NCCL.
-        unsafe {
-            result::all_reduce(
-                x.address() as *const _,
-                x.address() as *mut _,
-                x.len(),
-                sys::ncclDataType_t::ncclFloat32,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                stream.cu_stream() as sys::cudaStream_t,
-            )
+        ensure!(
+            lens.len() == self.size && lens.iter().sum::<usize>() == x.len(),
+            "{what} of {} values in pieces of {lens:?} over {} ranks",
+            x.len(),
+            self.size
+        );
+        result::group_start().map_err(failed(format!("{what}: starting the group")))?;
+        let mut start = 0;
+        let mut outcome = Ok(());
+        for (root, &len) in lens.iter().enumerate() {
+            if len > 0 && outcome.is_ok() {
+                outcome = x.slice(start, len).and_then(|piece| {
+                    op(piece, root as i32).map_err(failed(format!("{what} (root {root})")))?;
+                    Ok(())
+                });
+            }
+            start += len;
         }
-        .map_err(failed("NCCL all-reduce".into()))?;
-        Ok(())
+        // The group is closed whatever happened inside it.
+        let ended = result::group_end().map_err(failed(format!("{what}: ending the group")));
+        outcome.and(ended.map(drop))
     }
 }
 
