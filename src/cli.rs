@@ -1243,7 +1243,12 @@ fn new_backend(device: Device) -> Result<Box<dyn Backend>> {
 
 /// This process's GPU: its local rank where a launcher set one (torchrun's LOCAL_RANK,
 /// Slurm's SLURM_LOCALID), so that the processes of one machine take one GPU each; else 0.
+/// A process that sees one GPU (a launcher that binds one to each, like Slurm's
+/// --gpus-per-task=1) takes that one.
 fn local_gpu() -> usize {
+    if crate::backend::cuda::visible_gpus() == 1 {
+        return 0;
+    }
     ["LOCAL_RANK", "SLURM_LOCALID"]
         .iter()
         .find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
