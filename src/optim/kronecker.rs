@@ -5,9 +5,10 @@
 
 use anyhow::Result;
 
-use super::GroupRange;
 use super::matrix_sets::matrix_sets;
+use super::{GroupRange, shard_of};
 use crate::backend::{Backend, BlockLayout, BufferKind, Gemm, Tensor};
+use crate::dist::Comm;
 use crate::model::params::Init;
 use crate::model::{Group, ParamSpec};
 
@@ -23,6 +24,22 @@ impl Squares {
     /// These matrices in `buffer` (a factor-shaped tensor).
     pub fn of(&self, buffer: Tensor) -> Tensor {
         buffer.slice(self.offset, self.count * self.n * self.n)
+    }
+
+    /// Rank `rank`'s share of these matrices (the rank-th of equal consecutive shares,
+    /// [`shard_of`]), and every rank's share in elements.
+    pub fn share(&self, rank: usize, ranks: usize) -> (Squares, Vec<usize>) {
+        let size = self.n * self.n;
+        let mine = shard_of(self.count, rank, ranks);
+        let lens = (0..ranks)
+            .map(|r| shard_of(self.count, r, ranks).len() * size)
+            .collect();
+        let share = Squares {
+            n: self.n,
+            count: mine.len(),
+            offset: self.offset + mine.start * size,
+        };
+        (share, lens)
     }
 
     /// The batched product `alpha·A·B` (`alpha·A·Bᵀ` with `transpose_b`) of matrices like these.
@@ -185,6 +202,29 @@ impl Tiling {
     /// Every batch of left and of right factors.
     pub fn factors(&self) -> impl Iterator<Item = Squares> + '_ {
         self.batches.iter().flat_map(|b| [b.left, b.right])
+    }
+
+    /// Runs `work` on this rank's share of every factor batch, then gathers `results` (a
+    /// factor-shaped buffer `work` writes) so that every rank holds every matrix's: how
+    /// data-parallel ranks share out the eigendecompositions, as modded-nanogpt shares out
+    /// Muon's matrices. Every rank must call it.
+    pub fn on_shares(
+        &self,
+        backend: &mut dyn Backend,
+        comm: &dyn Comm,
+        results: Tensor,
+        mut work: impl FnMut(&mut dyn Backend, Squares) -> Result<()>,
+    ) -> Result<()> {
+        for squares in self.factors() {
+            let (mine, lens) = squares.share(comm.rank(), comm.size());
+            if mine.count > 0 {
+                work(backend, mine)?;
+            }
+            if comm.size() > 1 {
+                backend.all_gather_pieces(squares.of(results), &lens, comm)?;
+            }
+        }
+        Ok(())
     }
 
     /// The largest factor batch in elements (matrices) and in rows (one eigenvalue per row),

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::kronecker::{Squares, Tiling};
 use super::{FRACTION, GroupOptimizer, GroupRange, NON_NEGATIVE, check};
 use crate::backend::{Backend, BufferKind, Tensor};
+use crate::dist::{Comm, SingleRank};
 use crate::model::ParamSpec;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,6 +207,18 @@ impl Shampoo {
 
 impl GroupOptimizer for Shampoo {
     fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+        self.step_on(backend, step, lr_scale, &SingleRank)
+    }
+
+    /// Every rank updates every factor and takes the whole step; the inverse roots, the
+    /// eigendecompositions that dominate the cost, are shared out ([`Tiling::on_shares`]).
+    fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        comm: &dyn Comm,
+    ) -> Result<()> {
         let c = &self.config;
         let t = u32::try_from(step + 1)?;
         let bias = |beta: f32| (1.0 - (beta as f64).powi(t as i32)) as f32;
@@ -213,17 +226,19 @@ impl GroupOptimizer for Shampoo {
         self.tiling
             .update_factors(backend, self.factors, self.packed, c.beta2)?;
         if step.is_multiple_of(c.precond_every) {
-            for squares in self.tiling.factors() {
-                inverse_fourth_roots(
-                    backend,
-                    self.factors,
-                    self.roots,
-                    squares,
-                    c.eps,
-                    bias(c.beta2),
-                    &self.root_scratch,
-                )?;
-            }
+            let (factors, roots, scratch) = (self.factors, self.roots, &self.root_scratch);
+            self.tiling
+                .on_shares(backend, comm, roots, |backend, squares| {
+                    inverse_fourth_roots(
+                        backend,
+                        factors,
+                        roots,
+                        squares,
+                        c.eps,
+                        bias(c.beta2),
+                        scratch,
+                    )
+                })?;
         }
         match self.second_moment {
             Some(v) => backend.adam_direction(

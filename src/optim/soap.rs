@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::kronecker::Tiling;
 use super::{FRACTION, GroupOptimizer, GroupRange, NON_NEGATIVE, check};
 use crate::backend::{Backend, BufferKind, Tensor};
+use crate::dist::{Comm, SingleRank};
 use crate::model::ParamSpec;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -173,34 +174,49 @@ impl Soap {
     }
 
     /// One power iteration per basis, Q ← QR(F·Q), columns taken by decreasing Rayleigh
-    /// quotient.
-    fn refresh_bases(&self, backend: &mut dyn Backend) -> Result<()> {
-        for squares in self.tiling.factors() {
-            let (n, count) = (squares.n, squares.count);
-            let basis = squares.of(self.bases);
-            let power = self.power.slice(0, count * n * n);
-            let shape = squares.product(false, 1.0);
-            backend.gemm(power, squares.of(self.factors), basis, shape)?;
-            backend.orthonormalize(power, n, count, Some(basis))?;
-            backend.copy(basis, power)?;
-        }
-        Ok(())
+    /// quotient; the bases are shared out over the ranks ([`Tiling::on_shares`]).
+    fn refresh_bases(&self, backend: &mut dyn Backend, comm: &dyn Comm) -> Result<()> {
+        let (factors, bases, power) = (self.factors, self.bases, self.power);
+        self.tiling
+            .on_shares(backend, comm, bases, |backend, squares| {
+                let (n, count) = (squares.n, squares.count);
+                let basis = squares.of(bases);
+                let power = power.slice(0, count * n * n);
+                let shape = squares.product(false, 1.0);
+                backend.gemm(power, squares.of(factors), basis, shape)?;
+                backend.orthonormalize(power, n, count, Some(basis))?;
+                backend.copy(basis, power)
+            })
     }
 }
 
 impl GroupOptimizer for Soap {
     fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+        self.step_on(backend, step, lr_scale, &SingleRank)
+    }
+
+    /// Every rank updates every factor and takes the whole step; the bases' eigen- and QR
+    /// decompositions are shared out ([`Tiling::on_shares`]).
+    fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        comm: &dyn Comm,
+    ) -> Result<()> {
         let c = &self.config;
         self.tiling.pack(backend, self.packed, self.grad)?;
         if step == 0 {
             self.tiling
                 .update_factors(backend, self.factors, self.packed, c.beta2)?;
-            for squares in self.tiling.factors() {
-                let values = self.eigenvalues.slice(0, squares.count * squares.n);
-                let (factors, bases) = (squares.of(self.factors), squares.of(self.bases));
-                backend.symmetric_eigen(factors, squares.n, squares.count, values, bases)?;
-            }
-            return Ok(());
+            let (factors, bases, eigenvalues) = (self.factors, self.bases, self.eigenvalues);
+            return self
+                .tiling
+                .on_shares(backend, comm, bases, |backend, squares| {
+                    let values = eigenvalues.slice(0, squares.count * squares.n);
+                    let (factors, bases) = (squares.of(factors), squares.of(bases));
+                    backend.symmetric_eigen(factors, squares.n, squares.count, values, bases)
+                });
         }
         // The step uses the bases built before this gradient; the factors take it in after.
         let t = u32::try_from(step)?;
@@ -226,7 +242,7 @@ impl GroupOptimizer for Soap {
         backend.apply_update(self.param, self.rotated, lr * (1.0 - decay), decay)?;
         if step.is_multiple_of(c.precond_every) {
             self.rotate(backend, [self.packed, self.m, self.work], out_of)?;
-            self.refresh_bases(backend)?;
+            self.refresh_bases(backend, comm)?;
             self.rotate(backend, [self.m, self.packed, self.work], into)?;
         }
         Ok(())

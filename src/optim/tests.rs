@@ -702,10 +702,14 @@ fn shards_split_the_buffer_into_equal_consecutive_chunks() {
 fn every_rule_steps_alike_on_three_ranks_and_on_one() {
     // The gradients' reduce-scatter (and gather, for the rules that update whole matrices),
     // the ranks' sharded steps (ZeRO-1 for the element-wise rules, shared-out Newton–Schulz
-    // for Muon) and the gather of parameter shares give the one-rank step's parameters bit
-    // for bit.
+    // for Muon, shared-out eigendecompositions for Shampoo and SOAP) and the gather of
+    // parameter shares give the one-rank step's parameters bit for bit.
     let config = tiny_speedrun();
-    for optim_config in every_rule() {
+    for mut optim_config in every_rule() {
+        // SOAP refreshes its bases at step 2 of the 3 (its first decomposition is at step 0).
+        if let UpdateRule::Soap(soap) = &mut optim_config.matrix {
+            soap.precond_every = 2;
+        }
         let name = optim_config.matrix.describe();
         let run = |rank: usize, comm: &dyn crate::dist::Comm| {
             let mut b = CpuBackend::<f32>::new();
