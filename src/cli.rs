@@ -9,6 +9,7 @@ use half::bf16;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -225,6 +226,10 @@ struct TrainArgs {
     /// missing ones.
     #[arg(long, default_value_t = 300, help_heading = "Run")]
     rendezvous_timeout: u64,
+    /// Seconds a wait on the GPUs' NCCL collectives may go without them completing before the
+    /// run ends with an error (a rank that died would leave the others waiting forever).
+    #[arg(long, default_value_t = 600, help_heading = "Run")]
+    collective_timeout: u64,
     /// Random seed of the initial weights.
     #[arg(long, default_value_t = 0, help_heading = "Run")]
     seed: u64,
@@ -1032,7 +1037,7 @@ impl TrainArgs {
             self.nodes,
             self.node_rank,
             self.rendezvous.clone(),
-            std::time::Duration::from_secs(self.rendezvous_timeout),
+            Duration::from_secs(self.rendezvous_timeout),
             |name| std::env::var(name).ok(),
         )
     }
@@ -1041,6 +1046,10 @@ impl TrainArgs {
     /// the record (None on nodes other than 0).
     fn train(&self, config: &TrainConfig, options: &RunOptions) -> Result<Option<Record>> {
         ensure!(
+            self.collective_timeout > 0,
+            "--collective-timeout must be positive"
+        );
+        ensure!(
             self.gpus.is_none() || self.ranks == 1,
             "--ranks runs ranks as CPU threads and --gpus one rank per GPU: give one of them"
         );
@@ -1048,7 +1057,9 @@ impl TrainArgs {
         let Some(spec) = self.node_spec()? else {
             let gpus = self.gpus_to_use(device)?;
             if gpus > 1 {
-                return train_ranks(config, options, gpus, &open_rank_gpu).map(Some);
+                let timeout = self.collective_timeout();
+                let open = move |comm: &dyn Comm| open_rank_gpu(comm, timeout);
+                return train_ranks(config, options, gpus, &open).map(Some);
             }
             return train_ranks(config, options, self.ranks, &move |_| new_backend(device))
                 .map(Some);
@@ -1079,13 +1090,17 @@ impl TrainArgs {
         // the host over TCP.
         let mut backend: Box<dyn Backend> = match (device, open_cuda(device)?) {
             (Device::Cuda, Some(mut cuda)) => {
-                cuda.use_nccl(&comm)?;
+                cuda.use_nccl(&comm, self.collective_timeout())?;
                 Box::new(cuda)
             }
             (_, Some(cuda)) => Box::new(cuda),
             (_, None) => Box::new(CpuBackend::<f32>::new()),
         };
         train_on(backend.as_mut(), config, options, &comm)
+    }
+
+    fn collective_timeout(&self) -> Duration {
+        Duration::from_secs(self.collective_timeout)
     }
 
     /// How many GPUs this process trains on: --gpus, else every visible one (1 where it
@@ -1256,11 +1271,11 @@ fn local_gpu() -> usize {
 }
 
 /// The backend of rank `comm.rank()` of a run on several GPUs of this machine: GPU `rank`,
-/// joined to the others by NCCL.
-fn open_rank_gpu(comm: &dyn Comm) -> Result<Box<dyn Backend>> {
+/// joined to the others by NCCL, whose waits end the run after `timeout`.
+fn open_rank_gpu(comm: &dyn Comm, timeout: Duration) -> Result<Box<dyn Backend>> {
     let gpu = Gpu::open(comm.rank())?;
     let mut cuda = start_cuda(gpu, comm.is_lead())?;
-    cuda.use_nccl(comm)?;
+    cuda.use_nccl(comm, timeout)?;
     Ok(Box::new(cuda))
 }
 

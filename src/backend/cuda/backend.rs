@@ -16,6 +16,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
@@ -257,12 +258,23 @@ impl<A: MatmulElement> CudaBackend<A> {
 
     /// Sums over `host`'s ranks go through NCCL on the device from now on (collective: every
     /// rank calls it, each on its own GPU).
-    pub fn use_nccl(&mut self, host: &dyn Comm) -> Result<()> {
+    /// A wait on the device that goes `timeout` without its collectives completing ends the
+    /// run with an error ([`Nccl::wait`]).
+    pub fn use_nccl(&mut self, host: &dyn Comm, timeout: Duration) -> Result<()> {
         // NCCL joins on the thread's current device: this backend's, where one process drives
         // several GPUs from several threads.
         (self.gpu.ctx.bind_to_thread()).context("making the GPU current for NCCL")?;
-        self.nccl = Some(Nccl::new(host)?);
+        self.nccl = Some(Nccl::new(host, timeout)?);
         Ok(())
+    }
+
+    /// Before a call that blocks on the stream: with NCCL, waits for it while watching the
+    /// communicator, so that a lost rank ends the run instead of hanging it.
+    fn settle(&mut self) -> Result<()> {
+        match &mut self.nccl {
+            Some(nccl) => nccl.wait(&self.gpu.stream),
+            None => Ok(()),
+        }
     }
 
     /// The NCCL communicator for a collective over `comm`'s ranks (None: through the host).
@@ -358,6 +370,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
             src.len(),
             dst.len
         );
+        self.settle()?;
         match self.buffer(dst)?.memory.dtype() {
             Dtype::F32 => view::upload(self.stream(), self.f32(dst)?, src)?,
             Dtype::Bf16 => {
@@ -370,6 +383,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
     }
 
     fn read(&mut self, src: Tensor) -> Result<Vec<f32>> {
+        self.settle()?;
         Ok(match self.buffer(src)?.memory.dtype() {
             Dtype::F32 => view::download(self.stream(), self.f32(src)?)?,
             Dtype::Bf16 => view::download(self.stream(), self.view::<bf16>(src)?)?
@@ -386,6 +400,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
             src.len(),
             dst.len
         );
+        self.settle()?;
         let (device, _) = self.token_buffer(dst)?;
         view::upload(self.stream(), device, src)?;
         self.tokens[dst.buffer].host[..dst.len].copy_from_slice(src);
@@ -429,6 +444,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
     }
 
     fn synchronize(&mut self) -> Result<()> {
+        self.settle()?;
         self.stream()
             .synchronize()
             .context("a GPU kernel or copy failed")
@@ -812,10 +828,12 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
     }
 
     fn sum(&mut self, t: Tensor) -> Result<f64> {
+        self.settle()?;
         self.kernels.sum(&self.f32(t)?)
     }
 
     fn sum_squares(&mut self, t: Tensor) -> Result<f64> {
+        self.settle()?;
         self.kernels.sum_squares(&self.f32(t)?)
     }
 

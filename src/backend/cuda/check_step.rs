@@ -172,7 +172,7 @@ impl Check<'_> {
         let values = self.random::<f32>(1_000_003, 1.0);
         let grads = gpu.alloc(values.len(), BufferKind::Gradients)?;
         gpu.write(grads, &values)?;
-        gpu.use_nccl(&SingleRank)?;
+        gpu.use_nccl(&SingleRank, std::time::Duration::from_secs(60))?;
         let lens = [values.len()];
         gpu.reduce_scatter_sum(grads, &lens, &SingleRank)?;
         let summed = gpu.read(grads)?;

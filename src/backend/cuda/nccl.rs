@@ -12,8 +12,11 @@
 //! libnccl is loaded at run time (cudarc's dynamic loading); without it, an error. Not yet run
 //! on a GPU.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use cudarc::driver::CudaStream;
+use cudarc::driver::sys::CUresult;
 use cudarc::nccl::{result, sys};
 
 use super::view::View;
@@ -34,6 +37,8 @@ fn failed(what: String) -> impl FnOnce(result::NcclError) -> anyhow::Error {
 pub struct Nccl {
     comm: sys::ncclComm_t,
     size: usize,
+    /// How long a wait on its collectives may go without completing before the run ends.
+    timeout: Duration,
 }
 
 /// A unique id's 128 bytes as 32 f32 slots, whose copies move bits unchanged.
@@ -61,7 +66,7 @@ fn slots_to_id(slots: &[f32]) -> sys::ncclUniqueId {
 impl Nccl {
     /// Joins the communicator of `host`'s ranks, on the current GPU (each rank its own).
     /// Collective: every rank of `host` must call it.
-    pub fn new(host: &dyn Comm) -> Result<Nccl> {
+    pub fn new(host: &dyn Comm, timeout: Duration) -> Result<Nccl> {
         // Every rank learns whether all have the library before any waits in NCCL's set-up,
         // which would wait forever for a rank that cannot join.
         let mut ready = [f32::from(u8::from(present()))];
@@ -95,7 +100,63 @@ impl Nccl {
         Ok(Nccl {
             comm,
             size: host.size(),
+            timeout,
         })
+    }
+
+    /// Waits until `stream` has done all its work, watching this communicator meanwhile: a
+    /// rank that died leaves the others' collectives waiting for it forever, so NCCL's
+    /// asynchronous error (a lost peer) or no completion within the timeout aborts the
+    /// communicator, which ends its pending operations, and gives an error instead of a hang.
+    pub fn wait(&mut self, stream: &CudaStream) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            // SAFETY: the stream is live; the query only reads its state.
+            match unsafe { cudarc::driver::sys::cuStreamQuery(stream.cu_stream()) } {
+                CUresult::CUDA_ERROR_NOT_READY => {}
+                done => {
+                    return done
+                        .result()
+                        .context("a GPU kernel, copy or collective failed");
+                }
+            }
+            if let Err(error) = self.async_error() {
+                self.abort();
+                return Err(error);
+            }
+            if started.elapsed() > self.timeout {
+                self.abort();
+                bail!(
+                    "NCCL's collectives did not complete within {} s (--collective-timeout): \
+                     another rank has probably failed",
+                    self.timeout.as_secs()
+                );
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// NCCL's asynchronous error on this communicator (a lost peer, a network failure).
+    fn async_error(&self) -> Result<()> {
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: the communicator is live (checked); the call only writes `state`.
+        ensure!(!self.comm.is_null(), "NCCL communicator already closed");
+        unsafe { sys::ncclCommGetAsyncError(self.comm, &mut state) }
+            .result()
+            .map_err(failed("asking NCCL for errors".into()))?;
+        state
+            .result()
+            .map_err(failed("a collective of this run".into()))?;
+        Ok(())
+    }
+
+    /// Ends the communicator and its pending operations; later collectives fail.
+    fn abort(&mut self) {
+        if !self.comm.is_null() {
+            // SAFETY: the communicator was made by comm_init_rank and is ended once.
+            let _ = unsafe { result::comm_abort(self.comm) };
+            self.comm = std::ptr::null_mut();
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -189,9 +250,10 @@ impl Nccl {
 }
 
 impl Drop for Nccl {
+    /// Aborts rather than destroys: a rank that ends on an error may leave operations pending,
+    /// which a destroy would wait for (after a run's last wait there are none).
     fn drop(&mut self) {
-        // SAFETY: the communicator was made by comm_init_rank and is destroyed once.
-        let _ = unsafe { result::comm_destroy(self.comm) };
+        self.abort();
     }
 }
 
