@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
+};
 use half::bf16;
 
 use super::Gpu;
@@ -64,6 +66,10 @@ struct Buffer {
 struct TokenBuffer {
     device: CudaSlice<u32>,
     host: Vec<u32>,
+    /// Page-locked copy the upload reads, so that it is queued without waiting; `uploaded`
+    /// marks the end of the last upload from it.
+    staging: PinnedHostSlice<u32>,
+    uploaded: CudaEvent,
 }
 
 /// Matches the CPU's [`crate::backend::cpu`] layer by layer; `A` is how activations are stored.
@@ -353,9 +359,16 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
     fn alloc_tokens(&mut self, len: usize) -> Result<TokenTensor> {
         let device = alloc::<u32>(self.stream(), len, "token ids")?;
         self.count(len * 4);
+        let ctx = &self.gpu.ctx;
+        // SAFETY: the staging area is written before any upload reads it.
+        let staging = unsafe { ctx.alloc_pinned::<u32>(len) }
+            .context("allocating page-locked host memory for token ids")?;
+        let uploaded = ctx.new_event(None).context("creating a CUDA event")?;
         self.tokens.push(TokenBuffer {
             device,
             host: vec![0; len],
+            staging,
+            uploaded,
         });
         Ok(TokenTensor {
             buffer: self.tokens.len() - 1,
@@ -400,10 +413,28 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
             src.len(),
             dst.len
         );
-        self.settle()?;
+        // Queued, not waited for: the host goes on (to read the next batch) while the GPU
+        // works through what is before the copy on the stream.
         let (device, _) = self.token_buffer(dst)?;
-        view::upload(self.stream(), device, src)?;
-        self.tokens[dst.buffer].host[..dst.len].copy_from_slice(src);
+        let stream = Arc::clone(&self.gpu.stream);
+        let buffer = &mut self.tokens[dst.buffer];
+        // The previous upload from the staging area must be done before it is overwritten.
+        (buffer.uploaded.synchronize()).context("waiting for the last token upload")?;
+        let staging = &mut buffer.staging.as_mut_slice()?[..src.len()];
+        staging.copy_from_slice(src);
+        if !src.is_empty() {
+            // SAFETY: `device` holds src.len() ids; the staging area stays untouched until
+            // `uploaded` says the copy is done.
+            unsafe {
+                cudarc::driver::result::memcpy_htod_async(
+                    device.address(),
+                    &*staging,
+                    stream.cu_stream(),
+                )
+            }?;
+        }
+        buffer.uploaded.record(&stream)?;
+        buffer.host[..src.len()].copy_from_slice(src);
         Ok(())
     }
 
