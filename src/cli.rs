@@ -205,7 +205,8 @@ struct TrainArgs {
     /// GPUs of this machine to train on, data-parallel: one rank (a thread of this process)
     /// per GPU, gradients reduce-scattered and weights gathered by NCCL; the batch stays
     /// --batch-tokens, which must hold a multiple of --gpus micro-batches [default: every
-    /// visible GPU; CUDA_VISIBLE_DEVICES chooses them]. With --nodes each process drives one
+    /// visible GPU, where NCCL loads and they can share the micro-batches equally, else one;
+    /// CUDA_VISIBLE_DEVICES chooses them]. With --nodes each process drives one
     /// GPU ($LOCAL_RANK): leave it out.
     #[arg(long, help_heading = "Run")]
     gpus: Option<usize>,
@@ -226,8 +227,9 @@ struct TrainArgs {
     /// missing ones.
     #[arg(long, default_value_t = 300, help_heading = "Run")]
     rendezvous_timeout: u64,
-    /// Seconds a wait on the GPUs' NCCL collectives may go without them completing before the
-    /// run ends with an error (a rank that died would leave the others waiting forever).
+    /// Seconds a wait on the GPUs may go without their NCCL collectives completing before the
+    /// run ends with an error (a rank that died would leave the others waiting forever); it
+    /// counts from the start of the wait, so it includes the computing queued before them.
     #[arg(long, default_value_t = 600, help_heading = "Run")]
     collective_timeout: u64,
     /// Random seed of the initial weights.
@@ -1055,7 +1057,7 @@ impl TrainArgs {
         );
         let device = choose_device(self.device, self.optimizer, self.ranks)?;
         let Some(spec) = self.node_spec()? else {
-            let gpus = self.gpus_to_use(device)?;
+            let gpus = self.gpus_to_use(device, config.grad_accum)?;
             if gpus > 1 {
                 let timeout = self.collective_timeout();
                 let open = move |comm: &dyn Comm| open_rank_gpu(comm, timeout);
@@ -1103,9 +1105,10 @@ impl TrainArgs {
         Duration::from_secs(self.collective_timeout)
     }
 
-    /// How many GPUs this process trains on: --gpus, else every visible one (1 where it
-    /// trains on one GPU or on the CPU).
-    fn gpus_to_use(&self, device: Device) -> Result<usize> {
+    /// How many GPUs this process trains on: --gpus, else every visible one where NCCL loads
+    /// and they can share a step's `grad_accum` micro-batches (1 where it trains on one GPU or
+    /// on the CPU).
+    fn gpus_to_use(&self, device: Device, grad_accum: usize) -> Result<usize> {
         let visible = || crate::backend::cuda::visible_gpus();
         Ok(match (device, self.gpus) {
             (Device::Cpu, None) => 1,
@@ -1123,7 +1126,25 @@ impl TrainArgs {
             }
             // With several GPUs, --device auto takes them where the first one opens.
             (Device::Auto, None) if Gpu::open(0).is_err() => 1,
-            (_, None) => visible().max(1),
+            (_, None) => match visible() {
+                0 | 1 => 1,
+                gpus if !crate::backend::cuda::nccl::present() => {
+                    warn!(
+                        "{gpus} GPUs visible, but NCCL (libnccl.so.2) cannot be loaded: \
+                         training on one"
+                    );
+                    1
+                }
+                gpus if !grad_accum.is_multiple_of(gpus) => {
+                    warn!(
+                        "{gpus} GPUs visible, but they cannot share the {grad_accum} \
+                         micro-batches of a step equally: training on one (give --gpus, or \
+                         a --batch-tokens that makes a multiple of {gpus} micro-batches)"
+                    );
+                    1
+                }
+                gpus => gpus,
+            },
         })
     }
 

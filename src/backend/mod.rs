@@ -587,6 +587,13 @@ pub trait Backend {
         reduce_scatter_on_host(self, t, lens, comm)
     }
 
+    /// Makes the work queued after this call wait for the reduce-scatters issued so far, where
+    /// the backend runs them beside its other work (the CUDA backend: on a stream of their
+    /// own, overlapping the backward pass). A no-op where collectives finish when called.
+    fn wait_for_collectives(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// `t` is cut into pieces as for [`Backend::reduce_scatter_sum`], and rank r holds the
     /// values of piece r: afterwards every rank holds all of them (the weights each rank
     /// updated, the matrices each rank orthogonalised). Every rank must call it.

@@ -11,6 +11,7 @@
 
 pub mod tcp;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use anyhow::{Result, ensure};
@@ -29,6 +30,12 @@ pub trait Comm: Sync {
     /// Ends the run on every rank: their pending and later collectives fail at once. Called
     /// by a rank that fails, so that the others do not wait for it forever.
     fn abort(&self);
+    /// A flag that turns true once [`Comm::abort`] was called on any rank, for waits outside
+    /// the collectives (a GPU rank waiting on NCCL) to check; None where the transport tells
+    /// the others by itself (closed connections).
+    fn abort_flag(&self) -> Option<Arc<AtomicBool>> {
+        None
+    }
 
     /// Every rank's `data` becomes the element-wise sum over ranks.
     fn all_reduce_sum(&self, data: &mut [f32]) -> Result<()> {
@@ -181,6 +188,8 @@ struct Shared {
     size: usize,
     state: Mutex<State>,
     changed: Condvar,
+    /// Set with `state.aborted`, for waits outside the collectives.
+    aborted: Arc<AtomicBool>,
 }
 
 struct State {
@@ -210,6 +219,7 @@ impl ThreadComm {
                 aborted: false,
             }),
             changed: Condvar::new(),
+            aborted: Arc::new(AtomicBool::new(false)),
         });
         (0..size)
             .map(|rank| ThreadComm {
@@ -279,7 +289,12 @@ impl Comm for ThreadComm {
 
     fn abort(&self) {
         self.lock().aborted = true;
+        self.shared.aborted.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
+    }
+
+    fn abort_flag(&self) -> Option<Arc<AtomicBool>> {
+        Some(Arc::clone(&self.shared.aborted))
     }
 }
 
@@ -353,6 +368,16 @@ mod tests {
             };
             assert_eq!(message, want);
         }
+    }
+
+    #[test]
+    fn an_abort_raises_every_ranks_flag() {
+        let comms = ThreadComm::group(2);
+        let flag = comms[1].abort_flag().unwrap();
+        assert!(!flag.load(Ordering::SeqCst));
+        comms[0].abort();
+        assert!(flag.load(Ordering::SeqCst));
+        assert!(SingleRank.abort_flag().is_none());
     }
 
     #[test]

@@ -384,6 +384,18 @@ impl Gpt {
 
     /// Accumulates the parameter gradients of the last `Pass::Train` forward into `grads`.
     pub fn backward(&self, b: &mut dyn Backend) -> Result<()> {
+        self.backward_with(b, &mut |_, _| Ok(()))
+    }
+
+    /// [`Self::backward`], calling `done` with each part of the gradient buffer as soon as the
+    /// pass has finished accumulating into it (a layer's tensors after that layer, the rest at
+    /// the end), so that data parallelism can sum those gradients while the pass goes on.
+    /// Every part of the buffer is handed over once.
+    pub fn backward_with(
+        &self,
+        b: &mut dyn Backend,
+        done: &mut dyn FnMut(&mut dyn Backend, Tensor) -> Result<()>,
+    ) -> Result<()> {
         let (n, c, layers) = (self.rows(), self.config.channels, self.config.layers);
         let (p, g, a, d) = (&self.params, &self.grads, &self.acts, &self.act_grads);
 
@@ -447,6 +459,9 @@ impl Gpt {
             b.matmul_backward(d.ln, qkvw, qkvb, d.qkv, at(a.ln1), at(p.qkvw), n, c, 3 * c)?;
             self.norm(Site::Attention(l))
                 .backward(b, d.residual, d.ln, x, c)?;
+            for t in g.of_layer(l, layers) {
+                done(b, t)?;
+            }
         }
 
         // Embeddings: the residual gradient reaches them directly (gpt2) or through the
@@ -459,7 +474,8 @@ impl Gpt {
             }
             None => d.residual,
         };
-        b.embedding_backward(g.wte, g.wpe, dencoded, self.inputs, self.seq_len, c)
+        b.embedding_backward(g.wte, g.wpe, dencoded, self.inputs, self.seq_len, c)?;
+        g.outside_layers().into_iter().try_for_each(|t| done(b, t))
     }
 }
 

@@ -86,6 +86,37 @@ impl ParamTensors {
     pub fn head(&self) -> Tensor {
         self.lm_head.unwrap_or(self.wte)
     }
+
+    /// Layer `l`'s part of every tensor stacked over the `layers` layers.
+    pub fn of_layer(&self, l: usize, layers: usize) -> Vec<Tensor> {
+        let stacked = [
+            self.ln1w,
+            self.ln1b,
+            Some(self.qkvw),
+            self.qkvb,
+            Some(self.attprojw),
+            self.attprojb,
+            self.ln2w,
+            self.ln2b,
+            Some(self.fcw),
+            self.fcb,
+            Some(self.fcprojw),
+            self.fcprojb,
+        ];
+        stacked
+            .into_iter()
+            .flatten()
+            .map(|t| t.chunk(l, layers))
+            .collect()
+    }
+
+    /// The tensors no layer owns: embeddings, head, final norm.
+    pub fn outside_layers(&self) -> Vec<Tensor> {
+        [Some(self.wte), self.wpe, self.lm_head, self.lnfw, self.lnfb]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
 }
 
 /// The parameter layout of a model inside a given base buffer.

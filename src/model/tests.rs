@@ -277,3 +277,47 @@ fn sampling_is_greedy_at_zero_temperature_and_follows_the_softmax_otherwise() {
     // Top-2 never draws the third most likely token.
     assert!((0..1000).all(|_| sample_token(&logits, 1.0, 2, &mut rng) != 0));
 }
+
+#[test]
+fn backward_hands_over_each_gradient_part_once_and_only_when_final() {
+    // Data parallelism sums each part as soon as it is handed over: a part handed over before
+    // the pass is done with it, or twice, or never, would give wrong sums.
+    for arch in [Arch::Gpt2, Arch::Speedrun] {
+        let config = tiny(arch);
+        let (batch, seq_len) = (2, 5);
+        let mut backend = CpuBackend::<f64>::new();
+        let model = Gpt::new(&mut backend, &config, batch, seq_len).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let params = random_params(&model, &mut rng);
+        backend.write(model.param_buffer, &params).unwrap();
+        let n = batch * seq_len;
+        let (x, y) = (
+            random_tokens(n, config.vocab, &mut rng),
+            random_tokens(n, config.vocab, &mut rng),
+        );
+        model.zero_grads(&mut backend).unwrap();
+        let train = Pass::Train { loss_scale: 0.1 };
+        model.forward(&mut backend, &x, &y, train).unwrap();
+        let mut parts = Vec::new();
+        model
+            .backward_with(&mut backend, &mut |b, part| {
+                parts.push((part, b.read(part)?));
+                Ok(())
+            })
+            .unwrap();
+        let grads = backend.read(model.grad_buffer).unwrap();
+        parts.sort_by_key(|(part, _)| part.offset);
+        let mut next = model.grad_buffer.offset;
+        for (part, values) in &parts {
+            assert_eq!(part.offset, next, "{arch:?}: a gap or an overlap at {next}");
+            let start = part.offset - model.grad_buffer.offset;
+            assert!(
+                values[..] == grads[start..start + part.len],
+                "{arch:?}: the part at {} changed after it was handed over",
+                part.offset
+            );
+            next += part.len;
+        }
+        assert_eq!(next, model.grad_buffer.offset + model.grad_buffer.len);
+    }
+}

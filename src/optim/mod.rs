@@ -544,6 +544,30 @@ pub fn shard_of(len: usize, rank: usize, ranks: usize) -> Range<usize> {
     (rank * chunk).min(len)..((rank + 1) * chunk).min(len)
 }
 
+/// Sums the ranks' gradients in `part` of the flat gradient buffer `grads` (ZeRO-1): each
+/// rank gets the sum of its share ([`shard_of`]) of the part, the rest of the part is left
+/// unspecified. Called for each part as the backward pass completes it, so that the sums
+/// overlap the rest of the pass; every rank must call it for the same parts in the same order.
+pub fn reduce_scatter_gradients(
+    backend: &mut dyn Backend,
+    grads: Tensor,
+    part: Tensor,
+    comm: &dyn Comm,
+) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    ensure!(
+        part.buffer == grads.buffer
+            && part.offset >= grads.offset
+            && part.offset + part.len <= grads.offset + grads.len,
+        "gradient part {part:?} outside the gradient buffer {grads:?}"
+    );
+    let start = part.offset - grads.offset;
+    let shares = shares_of(start..start + part.len, grads.len, comm.size());
+    backend.reduce_scatter_sum(part, &lens(&shares), comm)
+}
+
 /// Each rank's part of the flat range `span` of a buffer of `len` values, relative to the
 /// span's start: its intersection with the rank's share ([`shard_of`]). In rank order the
 /// parts are consecutive and cover the span.
@@ -692,16 +716,11 @@ impl Optimizer {
         })
     }
 
-    /// Sums the ranks' gradients (ZeRO-1): a reduce-scatter leaves each rank the sum of its
-    /// share ([`shard_of`]) of the flat gradient buffer, which is all its share of the
-    /// element-wise groups needs; the groups every rank updates whole (Muon, Shampoo, SOAP,
-    /// Schedule-Free) then gather their shares. Every rank must call it.
-    pub fn sum_gradients(
-        &self,
-        backend: &mut dyn Backend,
-        grads: Tensor,
-        comm: &dyn Comm,
-    ) -> Result<()> {
+    /// After every part of the gradients went through [`reduce_scatter_gradients`] (each
+    /// rank holds the sum of its share, which is all its share of the element-wise groups
+    /// needs), the groups every rank updates whole (Muon, Shampoo, SOAP, Schedule-Free) gather
+    /// their shares. Every rank must call it.
+    pub fn gather_whole_gradients(&self, backend: &mut dyn Backend, comm: &dyn Comm) -> Result<()> {
         ensure!(
             comm.size() == self.ranks,
             "an optimizer for {} ranks in a run of {}",
@@ -711,8 +730,7 @@ impl Optimizer {
         if self.ranks == 1 {
             return Ok(());
         }
-        let shares = shares_of(0..grads.len, grads.len, self.ranks);
-        backend.reduce_scatter_sum(grads, &lens(&shares), comm)?;
+        backend.wait_for_collectives()?;
         for slot in self.groups.iter().filter(|slot| slot.pieces.len() == 1) {
             backend.all_gather_pieces(slot.range.grad, &lens(&slot.shares), comm)?;
         }

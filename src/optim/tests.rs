@@ -728,9 +728,9 @@ fn every_rule_steps_alike_on_three_ranks_and_on_one() {
                     grads.fill(0.0);
                 }
                 b.write(model.grad_buffer, &grads).unwrap();
-                optimizer
-                    .sum_gradients(&mut b, model.grad_buffer, comm)
-                    .unwrap();
+                let all = model.grad_buffer;
+                super::reduce_scatter_gradients(&mut b, all, all, comm).unwrap();
+                optimizer.gather_whole_gradients(&mut b, comm).unwrap();
                 optimizer.step_on(&mut b, step, 0.5, comm).unwrap();
                 optimizer.gather_params(&mut b, comm).unwrap();
             }

@@ -18,7 +18,7 @@ use crate::backend::Backend;
 use crate::data::{TrainLoader, ValData};
 use crate::dist::{Comm, RankFailed, SingleRank, ThreadComm};
 use crate::model::{Gpt, ModelConfig, Pass};
-use crate::optim::{OptimConfig, Optimizer, shard_of};
+use crate::optim::{OptimConfig, Optimizer, reduce_scatter_gradients, shard_of};
 use crate::progress::Progress;
 use crate::records::{self, EvalPoint, GIT_COMMIT, Record};
 use checkpoint::{Checkpoint, RunState};
@@ -158,8 +158,10 @@ fn ensure_same_run(saved: &TrainConfig, current: &TrainConfig, path: &Path) -> R
 
 /// Sets the model's gradients to those of the mean loss over the tokens of the next
 /// `grad_accum` micro-batches, and returns that loss. `buffers` hold the token ids. With
-/// several ranks, micro-batch i is rank (i mod ranks)'s and the ranks' gradients are summed:
-/// together they compute the one-rank step's gradient.
+/// several ranks, micro-batch i is rank (i mod ranks)'s, and during each rank's last backward
+/// pass the gradients are reduce-scattered part by part ([`reduce_scatter_gradients`]): each
+/// rank ends with the one-rank step's gradient in its share of the buffer, and the optimizer
+/// gathers what it updates whole ([`Optimizer::gather_whole_gradients`]).
 pub fn compute_gradients(
     backend: &mut dyn Backend,
     model: &Gpt,
@@ -178,9 +180,17 @@ pub fn compute_gradients(
         }
         loader.next_batch(inputs, targets)?;
         loss += model.forward(backend, inputs, targets, Pass::Train { loss_scale })?;
-        model.backward(backend)?;
+        // In this rank's last micro-batch, each part of the gradients is summed over the
+        // ranks as soon as the backward pass is done with it.
+        if i + comm.size() >= grad_accum {
+            let grads = model.grad_buffer;
+            model.backward_with(backend, &mut |b, part| {
+                reduce_scatter_gradients(b, grads, part, comm)
+            })?;
+        } else {
+            model.backward(backend)?;
+        }
     }
-    // The ranks' gradients are summed by the optimizer ([`Optimizer::sum_gradients`]).
     Ok(comm.sum_f64(loss)? / grad_accum as f64)
 }
 
@@ -523,7 +533,7 @@ fn train_rank(
             (&mut inputs, &mut targets),
             comm,
         )?;
-        optimizer.sum_gradients(backend, model.grad_buffer, comm)?;
+        optimizer.gather_whole_gradients(backend, comm)?;
         if config.grad_clip > 0.0 {
             // Each rank's share holds summed gradients (the rest may hold its own).
             let grads = model.grad_buffer;

@@ -141,7 +141,7 @@ pub(super) fn forward<F: Real>(
     expect_len("matmul output", out.len(), rows * out_dim);
     let x = Mat::row_major(inp, rows, in_dim);
     let size = std::mem::size_of::<F>();
-    let w = if (in_dim * size).is_multiple_of(ALIASING_STRIDE_BYTES) {
+    let w = if in_dim > 0 && (in_dim * size).is_multiple_of(ALIASING_STRIDE_BYTES) {
         let stride = in_dim + ROW_PADDING_BYTES / size;
         scratch.resize(out_dim * stride, F::zero());
         (scratch

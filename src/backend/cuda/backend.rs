@@ -72,6 +72,32 @@ struct TokenBuffer {
     uploaded: CudaEvent,
 }
 
+impl Drop for TokenBuffer {
+    /// The staging area is freed only after the upload that reads it (cudarc's own event for
+    /// it is not recorded with event tracking off).
+    fn drop(&mut self) {
+        let _ = self.uploaded.synchronize();
+    }
+}
+
+impl<A: MatmulElement> Drop for CudaBackend<A> {
+    /// NCCL first: a rank that ends on an error may leave collectives queued, which the
+    /// teardown of the rest (freeing, unloading modules) would wait for; the abort ends them.
+    fn drop(&mut self) {
+        drop(self.nccl.take());
+    }
+}
+
+/// A second stream for collectives that overlap the main stream's work: `ready` marks what
+/// they must wait for on the main stream, `done` what the main stream must wait for.
+struct SideStream {
+    stream: Arc<CudaStream>,
+    ready: CudaEvent,
+    done: CudaEvent,
+    /// Collectives were queued since the main stream last waited for them.
+    pending: bool,
+}
+
 /// Matches the CPU's [`crate::backend::cpu`] layer by layer; `A` is how activations are stored.
 pub struct CudaBackend<A: MatmulElement> {
     gpu: Gpu,
@@ -87,6 +113,8 @@ pub struct CudaBackend<A: MatmulElement> {
     solver_bytes: u64,
     /// The gradients' and weights' collectives on the device, once [`CudaBackend::use_nccl`] set it up.
     nccl: Option<Nccl>,
+    /// The stream the gradients' reduce-scatters run on, beside the backward pass.
+    side: Option<SideStream>,
     /// Bytes allocated through this backend, and the most at any time.
     allocated: u64,
     peak: u64,
@@ -161,6 +189,7 @@ impl<A: MatmulElement> CudaBackend<A> {
             solver: None,
             solver_bytes: 0,
             nccl: None,
+            side: None,
             allocated: 0,
             peak: 0,
             activations: PhantomData,
@@ -271,12 +300,27 @@ impl<A: MatmulElement> CudaBackend<A> {
         // several GPUs from several threads.
         (self.gpu.ctx.bind_to_thread()).context("making the GPU current for NCCL")?;
         self.nccl = Some(Nccl::new(host, timeout)?);
+        let ctx = &self.gpu.ctx;
+        let event = || ctx.new_event(None).context("creating a CUDA event");
+        self.side = Some(SideStream {
+            stream: ctx.new_stream().context("creating a stream for NCCL")?,
+            ready: event()?,
+            done: event()?,
+            pending: false,
+        });
         Ok(())
     }
 
     /// Before a call that blocks on the stream: with NCCL, waits for it while watching the
     /// communicator, so that a lost rank ends the run instead of hanging it.
     fn settle(&mut self) -> Result<()> {
+        self.wait_for_collectives()?;
+        self.watch()
+    }
+
+    /// With NCCL, waits for the main stream while watching the communicator (not for the
+    /// side stream's collectives unless the main stream waits for them).
+    fn watch(&mut self) -> Result<()> {
         match &mut self.nccl {
             Some(nccl) => nccl.wait(&self.gpu.stream),
             None => Ok(()),
@@ -517,6 +561,9 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         seq_len: usize,
         channels: usize,
     ) -> Result<()> {
+        // Its launcher waits for an upload: watched, without waiting for the gradients'
+        // reduce-scatters that run beside the backward pass.
+        self.watch()?;
         let dpositions = dpositions.map(|p| self.f32(p)).transpose()?;
         let scratch = self.scratch(embedding_backward_scratch(tokens.len))?;
         let (_, host_tokens) = self.token_buffer(tokens)?;
@@ -840,12 +887,29 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         )
     }
 
+    /// On the side stream, after what the main stream queued so far (the backward pass up to
+    /// the part `t`), so that the rest of the pass runs meanwhile.
     fn reduce_scatter_sum(&mut self, t: Tensor, lens: &[usize], comm: &dyn Comm) -> Result<()> {
-        match self.nccl_for(comm)? {
-            Some(nccl) => nccl.reduce_scatter_sum(self.f32(t)?, lens, &self.gpu.stream)?,
-            None => return reduce_scatter_on_host(self, t, lens, comm),
+        let x = self.f32(t)?;
+        let (Some(nccl), Some(side)) = (self.nccl_for(comm)?, self.side.as_ref()) else {
+            return reduce_scatter_on_host(self, t, lens, comm);
+        };
+        side.ready.record(&self.gpu.stream)?;
+        side.stream.wait(&side.ready)?;
+        nccl.reduce_scatter_sum(x, lens, &side.stream)?;
+        side.done.record(&side.stream)?;
+        if let Some(side) = &mut self.side {
+            side.pending = true;
         }
         self.wrote(t);
+        Ok(())
+    }
+
+    fn wait_for_collectives(&mut self) -> Result<()> {
+        if let Some(side) = self.side.as_mut().filter(|side| side.pending) {
+            self.gpu.stream.wait(&side.done)?;
+            side.pending = false;
+        }
         Ok(())
     }
 
@@ -1003,6 +1067,8 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         eigenvalues: Tensor,
         eigenvectors: Tensor,
     ) -> Result<()> {
+        // cuSOLVER's results are checked on the host: a wait.
+        self.settle()?;
         let (matrices, values, vectors) = (
             self.f32(matrices)?,
             self.f32(eigenvalues)?,
@@ -1048,6 +1114,7 @@ impl<A: MatmulElement> Backend for CudaBackend<A> {
         batch: usize,
         rank_by: Option<Tensor>,
     ) -> Result<()> {
+        self.settle()?;
         let view = self.f32(matrices)?;
         let rank_by = rank_by.map(|r| self.f32(r)).transpose()?;
         self.solver()?;

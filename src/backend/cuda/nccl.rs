@@ -12,6 +12,8 @@
 //! libnccl is loaded at run time (cudarc's dynamic loading); without it, an error. Not yet run
 //! on a GPU.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -20,7 +22,7 @@ use cudarc::driver::sys::CUresult;
 use cudarc::nccl::{result, sys};
 
 use super::view::View;
-use crate::dist::Comm;
+use crate::dist::{Comm, RankFailed};
 
 /// Whether libnccl can be loaded (cudarc would panic on its first call otherwise).
 pub fn present() -> bool {
@@ -39,6 +41,8 @@ pub struct Nccl {
     size: usize,
     /// How long a wait on its collectives may go without completing before the run ends.
     timeout: Duration,
+    /// The host ranks' abort, where their transport has one: a rank that failed elsewhere.
+    host_aborted: Option<Arc<AtomicBool>>,
 }
 
 /// A unique id's 128 bytes as 32 f32 slots, whose copies move bits unchanged.
@@ -101,14 +105,17 @@ impl Nccl {
             comm,
             size: host.size(),
             timeout,
+            host_aborted: host.abort_flag(),
         })
     }
 
     /// Waits until `stream` has done all its work, watching this communicator meanwhile: a
     /// rank that died leaves the others' collectives waiting for it forever, so NCCL's
-    /// asynchronous error (a lost peer) or no completion within the timeout aborts the
-    /// communicator, which ends its pending operations, and gives an error instead of a hang.
+    /// asynchronous error (a lost peer), the host ranks' abort (a rank thread that failed) or
+    /// no completion within the timeout aborts the communicator, which ends its pending
+    /// operations, and gives an error instead of a hang.
     pub fn wait(&mut self, stream: &CudaStream) -> Result<()> {
+        stream.context().bind_to_thread()?;
         let started = Instant::now();
         loop {
             // SAFETY: the stream is live; the query only reads its state.
@@ -123,6 +130,11 @@ impl Nccl {
             if let Err(error) = self.async_error() {
                 self.abort();
                 return Err(error);
+            }
+            // Another rank failed: its collectives will never come.
+            if (self.host_aborted.as_ref()).is_some_and(|flag| flag.load(Ordering::SeqCst)) {
+                self.abort();
+                return Err(RankFailed.into());
             }
             if started.elapsed() > self.timeout {
                 self.abort();
