@@ -99,14 +99,24 @@ fn padding_rows(config: &ModelConfig, spec: &ParamSpec) -> Option<std::ops::Rang
         .then(|| spec.tensor.offset + config.vocab * c..spec.tensor.offset + spec.tensor.len)
 }
 
-/// Central differences of the loss in directions the f32 host interface can express exactly:
-/// the step is measured as the difference of the two f32 values written.
-fn check_model_gradients(arch: Arch) {
+/// A tiny model of `arch` for 2 sequences of 5 tokens on the f64 backend, with random weights
+/// (written to it, and returned) and random inputs and targets; `rng` goes on from them.
+struct Setup {
+    config: ModelConfig,
+    backend: CpuBackend<f64>,
+    model: Gpt,
+    params: Vec<f32>,
+    x: Vec<u32>,
+    y: Vec<u32>,
+    rng: ChaCha8Rng,
+}
+
+fn setup(arch: Arch, seed: u64) -> Setup {
     let config = tiny(arch);
     let (batch, seq_len) = (2, 5);
     let mut backend = CpuBackend::<f64>::new();
     let model = Gpt::new(&mut backend, &config, batch, seq_len).unwrap();
-    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let params = random_params(&model, &mut rng);
     backend.write(model.param_buffer, &params).unwrap();
     let n = batch * seq_len;
@@ -114,6 +124,30 @@ fn check_model_gradients(arch: Arch) {
         random_tokens(n, config.vocab, &mut rng),
         random_tokens(n, config.vocab, &mut rng),
     );
+    Setup {
+        config,
+        backend,
+        model,
+        params,
+        x,
+        y,
+        rng,
+    }
+}
+
+/// Central differences of the loss in directions the f32 host interface can express exactly:
+/// the step is measured as the difference of the two f32 values written.
+fn check_model_gradients(arch: Arch) {
+    let Setup {
+        config,
+        mut backend,
+        model,
+        params,
+        x,
+        y,
+        mut rng,
+    } = setup(arch, 42);
+    let n = x.len();
 
     model.zero_grads(&mut backend).unwrap();
     let train = Pass::Train {
@@ -283,18 +317,13 @@ fn backward_hands_over_each_gradient_part_once_and_only_when_final() {
     // Data parallelism sums each part as soon as it is handed over: a part handed over before
     // the pass is done with it, or twice, or never, would give wrong sums.
     for arch in [Arch::Gpt2, Arch::Speedrun] {
-        let config = tiny(arch);
-        let (batch, seq_len) = (2, 5);
-        let mut backend = CpuBackend::<f64>::new();
-        let model = Gpt::new(&mut backend, &config, batch, seq_len).unwrap();
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        let params = random_params(&model, &mut rng);
-        backend.write(model.param_buffer, &params).unwrap();
-        let n = batch * seq_len;
-        let (x, y) = (
-            random_tokens(n, config.vocab, &mut rng),
-            random_tokens(n, config.vocab, &mut rng),
-        );
+        let Setup {
+            mut backend,
+            model,
+            x,
+            y,
+            ..
+        } = setup(arch, 7);
         model.zero_grads(&mut backend).unwrap();
         let train = Pass::Train { loss_scale: 0.1 };
         model.forward(&mut backend, &x, &y, train).unwrap();
