@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use super::{GroupOptimizer, GroupRange, UpdateRule};
 use crate::backend::{Backend, BufferKind, ElementwiseRule, Tensor};
+use crate::dist::Comm;
 
 pub struct Elementwise {
     param: Tensor,
@@ -42,7 +43,14 @@ impl Elementwise {
 }
 
 impl GroupOptimizer for Elementwise {
-    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+    /// Each rank steps its own part of the group (ZeRO-1): nothing to share.
+    fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        _comm: &dyn Comm,
+    ) -> Result<()> {
         let rule = Self::step_rule(&self.rule, step, lr_scale);
         backend.elementwise_update(rule, self.param, self.grad, &self.state)
     }

@@ -443,19 +443,20 @@ pub trait GroupOptimizer {
     fn start(&mut self, _backend: &mut dyn Backend) -> Result<()> {
         Ok(())
     }
-    /// Applies step `step` (0-based) with every learning rate multiplied by `lr_scale`.
-    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()>;
-    /// The same step taken by data-parallel ranks together, each with the same gradients, so
-    /// that rules can share out their work (Muon: the Newton–Schulz iterations); the others
-    /// take the whole step on every rank.
+    /// Applies step `step` (0-based) with every learning rate multiplied by `lr_scale`, taken
+    /// by the data-parallel ranks of `comm` together, each with the same gradients, so that
+    /// rules can share out their work (Muon's Newton–Schulz iterations, Shampoo's and SOAP's
+    /// decompositions); the others take the whole step on every rank.
     fn step_on(
         &mut self,
         backend: &mut dyn Backend,
         step: usize,
         lr_scale: f32,
-        _comm: &dyn Comm,
-    ) -> Result<()> {
-        self.step(backend, step, lr_scale)
+        comm: &dyn Comm,
+    ) -> Result<()>;
+    /// [`Self::step_on`] on one rank.
+    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+        self.step_on(backend, step, lr_scale, &SingleRank)
     }
     /// Puts the weights to evaluate (and to save) in the parameter buffer, for optimizers that
     /// train at another point than they evaluate (Schedule-Free); [`Self::train_weights`]

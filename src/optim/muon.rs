@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::matrix_sets::{MatrixSet, matrix_sets};
 use super::{GroupOptimizer, GroupRange, MuonConfig, shard_of};
 use crate::backend::{Backend, BufferKind, Gemm, Tensor};
-use crate::dist::{Comm, SingleRank};
+use crate::dist::Comm;
 use crate::model::ParamSpec;
 
 /// Quintic Newton–Schulz coefficients (a, b, c) tuned by Keller Jordan: they push singular
@@ -242,10 +242,6 @@ impl Muon {
 }
 
 impl GroupOptimizer for Muon {
-    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
-        self.step_on(backend, step, lr_scale, &SingleRank)
-    }
-
     /// Every rank computes the momentum; of each set of same-shape matrices, rank r
     /// orthogonalises the r-th of equal consecutive shares ([`shard_of`]), and an all-gather
     /// gives every rank all of them before the identical weight update.

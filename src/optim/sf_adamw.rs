@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{FRACTION, GroupOptimizer, GroupRange, NON_NEGATIVE, check};
 use crate::backend::{Backend, BufferKind, ElementwiseRule, Tensor};
+use crate::dist::Comm;
 
 /// The reference's defaults: lr 0.0025, betas (0.9, 0.999), ε 1e-8, no weight decay, step
 /// weights lr_max² (`weight_lr_power` 2, r 0). Its optional warm-up is the trainer's
@@ -119,7 +120,14 @@ impl GroupOptimizer for ScheduleFree {
         backend.copy(self.z, self.param)
     }
 
-    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
+    /// Every rank takes the whole step.
+    fn step_on(
+        &mut self,
+        backend: &mut dyn Backend,
+        step: usize,
+        lr_scale: f32,
+        _comm: &dyn Comm,
+    ) -> Result<()> {
         if !self.loaded {
             let sums = backend.read(self.sums)?;
             (self.lr_max, self.weight_sum) = (sums[0], sums[1]);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::kronecker::{Squares, Tiling};
 use super::{FRACTION, GroupOptimizer, GroupRange, NON_NEGATIVE, check};
 use crate::backend::{Backend, BufferKind, Tensor};
-use crate::dist::{Comm, SingleRank};
+use crate::dist::Comm;
 use crate::model::ParamSpec;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,10 +206,6 @@ impl Shampoo {
 }
 
 impl GroupOptimizer for Shampoo {
-    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
-        self.step_on(backend, step, lr_scale, &SingleRank)
-    }
-
     /// Every rank updates every factor and takes the whole step; the inverse roots, the
     /// eigendecompositions that dominate the cost, are shared out ([`Tiling::on_shares`]).
     fn step_on(

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use super::kronecker::Tiling;
 use super::{FRACTION, GroupOptimizer, GroupRange, NON_NEGATIVE, check};
 use crate::backend::{Backend, BufferKind, Tensor};
-use crate::dist::{Comm, SingleRank};
+use crate::dist::Comm;
 use crate::model::ParamSpec;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,10 +191,6 @@ impl Soap {
 }
 
 impl GroupOptimizer for Soap {
-    fn step(&mut self, backend: &mut dyn Backend, step: usize, lr_scale: f32) -> Result<()> {
-        self.step_on(backend, step, lr_scale, &SingleRank)
-    }
-
     /// Every rank updates every factor and takes the whole step; the bases' eigen- and QR
     /// decompositions are shared out ([`Tiling::on_shares`]).
     fn step_on(
