@@ -73,10 +73,13 @@ impl BenchReport {
         self.flops_per_token * self.tokens_per_second() / 1e9
     }
 
-    /// Model FLOPs utilisation over the measured matrix-product peak, as a fraction.
+    /// Model FLOPs utilisation over the measured matrix-product peak, as a fraction; None
+    /// where the "peak" came out below what the steps achieved, which makes it a disturbed
+    /// measurement (a busy machine), not a peak.
     pub fn mfu_measured(&self) -> Option<f64> {
         self.gemm_peak_gflops
             .map(|peak| self.achieved_gflops() / peak)
+            .filter(|&mfu| mfu <= 1.0)
     }
 
     /// Model FLOPs utilisation over the data sheet's peak, as a fraction.
@@ -278,12 +281,18 @@ impl fmt::Display for BenchReport {
             self.flops_per_token / 1e9
         )?;
         writeln!(f)?;
-        if let (Some(peak), Some(mfu)) = (self.gemm_peak_gflops, self.mfu_measured()) {
-            writeln!(
+        match (self.gemm_peak_gflops, self.mfu_measured()) {
+            (Some(peak), Some(mfu)) => writeln!(
                 f,
                 "matrix-product peak measured here {peak:.1} GFLOP/s: MFU {:.1}% of it",
                 100.0 * mfu
-            )?;
+            )?,
+            (Some(peak), None) => writeln!(
+                f,
+                "matrix-product peak measured here {peak:.1} GFLOP/s, below what the steps \
+                 achieved: a disturbed measurement (a busy machine?), so no MFU over it"
+            )?,
+            _ => {}
         }
         if let (Some((peak, source)), Some(mfu)) = (self.spec_peak, self.mfu_spec()) {
             writeln!(
@@ -361,5 +370,12 @@ mod tests {
         assert!(json["mfu_measured"].as_f64().unwrap() > 0.0);
         // No data-sheet peak for a CPU.
         assert!(json["mfu_spec"].is_null());
+        // A "peak" below what the steps achieved is no peak: no MFU over it.
+        let disturbed = BenchReport {
+            gemm_peak_gflops: Some(report.achieved_gflops() / 2.0),
+            ..report
+        };
+        assert!(disturbed.json()["mfu_measured"].is_null());
+        assert!(disturbed.to_string().contains("disturbed"));
     }
 }
