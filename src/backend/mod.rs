@@ -46,7 +46,7 @@ pub fn reduce_scatter_on_host<B: Backend + ?Sized>(
 }
 
 /// Where piece `rank` of consecutive pieces of `lens` starts, and its length.
-pub fn piece_of(lens: &[usize], rank: usize) -> (usize, usize) {
+fn piece_of(lens: &[usize], rank: usize) -> (usize, usize) {
     (lens[..rank].iter().sum(), lens[rank])
 }
 
