@@ -8,26 +8,43 @@ use super::{CHUNK, Real};
 const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
 const GELU_CUBIC: f64 = 0.044715;
 
-fn map<F: Real>(out: &mut [F], inp: &[F], f: impl Fn(F) -> F + Sync) {
+/// Runs `f` on matching chunks of `out` and `inp`, in parallel.
+fn map_chunks<F: Real>(out: &mut [F], inp: &[F], f: impl Fn(&mut [F], &[F]) + Sync) {
     assert_eq!(out.len(), inp.len(), "elementwise operand sizes");
     out.par_chunks_mut(CHUNK)
         .zip(inp.par_chunks(CHUNK))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+        .for_each(|(y, x)| f(y, x));
 }
 
-/// `dinp = dout · f'(inp)`.
-fn map_backward<F: Real>(dinp: &mut [F], dout: &[F], inp: &[F], df: impl Fn(F) -> F + Sync) {
+/// Runs `f` on matching chunks of `dinp`, `dout` and `inp`, in parallel.
+fn map_chunks_backward<F: Real>(
+    dinp: &mut [F],
+    dout: &[F],
+    inp: &[F],
+    f: impl Fn(&mut [F], &[F], &[F]) + Sync,
+) {
     assert!(
         dinp.len() == dout.len() && dinp.len() == inp.len(),
         "elementwise operand sizes"
     );
     dinp.par_chunks_mut(CHUNK)
         .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
-        .for_each(|(dx, (dy, x))| {
-            for i in 0..dx.len() {
-                dx[i] = dy[i] * df(x[i]);
-            }
-        });
+        .for_each(|(dx, (dy, x))| f(dx, dy, x));
+}
+
+fn map<F: Real>(out: &mut [F], inp: &[F], f: impl Fn(F) -> F + Sync) {
+    map_chunks(out, inp, |y, x| {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x))
+    });
+}
+
+/// `dinp = dout · f'(inp)`.
+fn map_backward<F: Real>(dinp: &mut [F], dout: &[F], inp: &[F], df: impl Fn(F) -> F + Sync) {
+    map_chunks_backward(dinp, dout, inp, |dx, dy, x| {
+        for i in 0..dx.len() {
+            dx[i] = dy[i] * df(x[i]);
+        }
+    });
 }
 
 /// `t ← tanh(√(2/π)·(x + 0.044715·x³))` for every `x` of `inp`: the inner part of GELU,
@@ -41,38 +58,29 @@ fn gelu_tanh<F: Real>(t: &mut [F], x: &[F]) {
 }
 
 pub(super) fn gelu_forward<F: Real>(out: &mut [F], inp: &[F]) {
-    assert_eq!(out.len(), inp.len(), "elementwise operand sizes");
     let half = F::of(0.5);
-    out.par_chunks_mut(CHUNK)
-        .zip(inp.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            gelu_tanh(y, x);
-            y.iter_mut()
-                .zip(x)
-                .for_each(|(y, &x)| *y = half * x * (F::one() + *y));
-        });
+    map_chunks(out, inp, |y, x| {
+        gelu_tanh(y, x);
+        y.iter_mut()
+            .zip(x)
+            .for_each(|(y, &x)| *y = half * x * (F::one() + *y));
+    });
 }
 
 pub(super) fn gelu_backward<F: Real>(dinp: &mut [F], dout: &[F], inp: &[F]) {
-    assert!(
-        dinp.len() == dout.len() && dinp.len() == inp.len(),
-        "elementwise operand sizes"
-    );
     let (s, k) = (F::of(GELU_SCALE), F::of(GELU_CUBIC));
     let (half, three) = (F::of(0.5), F::of(3.0));
-    dinp.par_chunks_mut(CHUNK)
-        .zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK)))
-        .for_each(|(dx, (dy, x))| {
-            // dx holds the tanh until it is replaced by the gradient.
-            gelu_tanh(dx, x);
-            for i in 0..dx.len() {
-                let (tanh, x) = (dx[i], x[i]);
-                let sech2 = F::one() - tanh * tanh;
-                dx[i] = dy[i]
-                    * (half * (F::one() + tanh)
-                        + half * x * sech2 * s * (F::one() + three * k * x * x));
-            }
-        });
+    map_chunks_backward(dinp, dout, inp, |dx, dy, x| {
+        // dx holds the tanh until it is replaced by the gradient.
+        gelu_tanh(dx, x);
+        for i in 0..dx.len() {
+            let (tanh, x) = (dx[i], x[i]);
+            let sech2 = F::one() - tanh * tanh;
+            dx[i] = dy[i]
+                * (half * (F::one() + tanh)
+                    + half * x * sech2 * s * (F::one() + three * k * x * x));
+        }
+    });
 }
 
 pub(super) fn relu2_forward<F: Real>(out: &mut [F], inp: &[F]) {
