@@ -609,10 +609,11 @@ pub struct StatePart {
 struct GroupSlot {
     range: GroupRange,
     rule: Option<Box<dyn GroupOptimizer>>,
-    /// Each rank's part of the group, relative to its start (one range: not sharded).
-    pieces: Vec<Range<usize>>,
-    /// Each rank's share of the group's gradients after their reduce-scatter.
+    /// Each rank's share of the group, relative to its start: of its gradients after their
+    /// reduce-scatter and, where `sharded`, of its weights and optimizer state.
     shares: Vec<Range<usize>>,
+    /// Whether each rank keeps and updates only its share (ZeRO-1), not the whole group.
+    sharded: bool,
     /// The names of the rule's state tensors.
     state_names: Vec<&'static str>,
     description: String,
@@ -645,36 +646,24 @@ impl Optimizer {
         let mut groups = Vec::new();
         for (range, specs) in group_ranges(&model.specs, model.param_buffer, model.grad_buffer) {
             let group = range.group;
-            let whole = std::iter::once(0..range.param.len).collect::<Vec<_>>();
             let start = range.param.offset - model.param_buffer.offset;
             let shares = shares_of(
                 start..start + range.param.len,
                 model.param_buffer.len,
                 ranks,
             );
-            let (rule, pieces): (Box<dyn GroupOptimizer>, _) = match config.rule(group) {
+            let rule: Box<dyn GroupOptimizer> = match config.rule(group) {
                 rule if rule.matrices_only() && group != Group::Matrix => {
                     bail!("{} cannot update the {} group", rule.kind(), group.name())
                 }
-                UpdateRule::Muon(c) => (
-                    Box::new(Muon::new(backend, &range, &specs, c.clone())?),
-                    whole,
-                ),
-                UpdateRule::Shampoo(c) => (
-                    Box::new(Shampoo::new(backend, &range, &specs, c.clone())?),
-                    whole,
-                ),
-                UpdateRule::Soap(c) => (
-                    Box::new(Soap::new(backend, &range, &specs, c.clone())?),
-                    whole,
-                ),
-                UpdateRule::SfAdamw(c) => (
-                    Box::new(ScheduleFree::new(backend, &range, c.clone())?),
-                    whole,
-                ),
+                UpdateRule::Muon(c) => Box::new(Muon::new(backend, &range, &specs, c.clone())?),
+                UpdateRule::Shampoo(c) => {
+                    Box::new(Shampoo::new(backend, &range, &specs, c.clone())?)
+                }
+                UpdateRule::Soap(c) => Box::new(Soap::new(backend, &range, &specs, c.clone())?),
+                UpdateRule::SfAdamw(c) => Box::new(ScheduleFree::new(backend, &range, c.clone())?),
                 rule if ranks > 1 => {
-                    let pieces = shares.clone();
-                    let mine = pieces[rank].clone();
+                    let mine = shares[rank].clone();
                     let part = GroupRange {
                         group,
                         param: range.param.slice(mine.start, mine.len()),
@@ -690,24 +679,21 @@ impl Optimizer {
                         description: config.rule(group).describe(),
                         range,
                         rule,
-                        pieces,
                         shares,
+                        sharded: true,
                         state_names,
                     });
                     continue;
                 }
-                rule => (
-                    Box::new(Elementwise::new(backend, &range, rule.clone())?),
-                    whole,
-                ),
+                rule => Box::new(Elementwise::new(backend, &range, rule.clone())?),
             };
             groups.push(GroupSlot {
                 description: rule.describe(),
                 state_names: rule.state().into_iter().map(|(name, _)| name).collect(),
                 range,
                 rule: Some(rule),
-                pieces,
                 shares,
+                sharded: false,
             });
         }
         Ok(Optimizer {
@@ -732,7 +718,7 @@ impl Optimizer {
             return Ok(());
         }
         backend.wait_for_collectives()?;
-        for slot in self.groups.iter().filter(|slot| slot.pieces.len() == 1) {
+        for slot in self.groups.iter().filter(|slot| !slot.sharded) {
             backend.all_gather_pieces(slot.range.grad, &lens(&slot.shares), comm)?;
         }
         Ok(())
@@ -741,8 +727,8 @@ impl Optimizer {
     /// After a step, in which each rank updated its share of the element-wise groups'
     /// weights, every rank gathers the others' shares.
     pub fn gather_params(&self, backend: &mut dyn Backend, comm: &dyn Comm) -> Result<()> {
-        for slot in self.groups.iter().filter(|slot| slot.pieces.len() > 1) {
-            backend.all_gather_pieces(slot.range.param, &lens(&slot.pieces), comm)?;
+        for slot in self.groups.iter().filter(|slot| slot.sharded) {
+            backend.all_gather_pieces(slot.range.param, &lens(&slot.shares), comm)?;
         }
         Ok(())
     }
@@ -811,7 +797,7 @@ impl Optimizer {
                 Some(rule) => rule.state().into_iter().map(|(_, t)| Some(t)).collect(),
                 None => vec![None; slot.state_names.len()],
             };
-            let sharded = slot.pieces.len() > 1;
+            let sharded = slot.sharded;
             for (&name, tensor) in slot.state_names.iter().zip(tensors) {
                 // Whole tensors may be longer than the group (Kronecker factors, host scalars).
                 let len = match tensor {
@@ -819,7 +805,7 @@ impl Optimizer {
                     _ => slot.range.param.len,
                 };
                 let pieces = if sharded {
-                    slot.pieces.clone()
+                    slot.shares.clone()
                 } else {
                     std::iter::once(0..len).collect()
                 };
