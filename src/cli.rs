@@ -211,8 +211,8 @@ struct TrainArgs {
     #[arg(long, help_heading = "Run")]
     gpus: Option<usize>,
     /// Processes, on one machine or several, that train one model together, one rank each
-    /// (with --device cuda: GPU $LOCAL_RANK, joined by NCCL), meeting at --rendezvous; start every node with the same binary and flags
-    /// but --node-rank [default: $WORLD_SIZE (torchrun) or $SLURM_NTASKS (srun), else 1].
+    /// (with --device cuda: GPU $LOCAL_RANK, joined by NCCL), meeting at --rendezvous; start
+    /// every node with the same binary and flags but --node-rank [default: $WORLD_SIZE (torchrun) or $SLURM_NTASKS (srun), else 1].
     #[arg(long, help_heading = "Run")]
     nodes: Option<usize>,
     /// This process's place among --nodes, from 0; node 0 validates, checkpoints and writes
@@ -1124,10 +1124,10 @@ impl TrainArgs {
                 );
                 gpus
             }
-            // With several GPUs, --device auto takes them where the first one opens.
-            (Device::Auto, None) if Gpu::open(0).is_err() => 1,
             (_, None) => match visible() {
                 0 | 1 => 1,
+                // With several GPUs, --device auto takes them where the first one opens.
+                _ if device == Device::Auto && Gpu::open(0).is_err() => 1,
                 gpus if !crate::backend::cuda::nccl::present() => {
                     warn!(
                         "{gpus} GPUs visible, but NCCL (libnccl.so.2) cannot be loaded: \
